@@ -1,0 +1,8 @@
+//! Kernel wire formats and async handles for IPVS (generic netlink), ipset (nfnetlink) and
+//! links/addresses (rtnetlink). This crate knows nothing about Kubernetes.
+
+pub mod inet;
+pub mod ipset;
+pub mod ipvs;
+
+pub use inet::{AddressFamily, Protocol};

@@ -1,0 +1,5 @@
+//! ipvs-proxier: a drop-in replacement for `kube-proxy --proxy-mode=ipvs`.
+//!
+//! Functional core, imperative shell: `model` (Kubernetes objects -> service ports and
+//! endpoints), `plan` (pure: desired IPVS table, VIPs, ipsets, iptables rules) and `diff` (pure)
+//! do no I/O; `dataplane` is the only code that touches the kernel; `sync` owns timing.
