@@ -3,3 +3,5 @@
 //! Functional core, imperative shell: `model` (Kubernetes objects -> service ports and
 //! endpoints), `plan` (pure: desired IPVS table, VIPs, ipsets, iptables rules) and `diff` (pure)
 //! do no I/O; `dataplane` is the only code that touches the kernel; `sync` owns timing.
+
+pub mod dataplane;
