@@ -5,3 +5,5 @@
 //! do no I/O; `dataplane` is the only code that touches the kernel; `sync` owns timing.
 
 pub mod dataplane;
+pub mod model;
+pub mod plan;

@@ -1,0 +1,523 @@
+//! API objects -> [`Model`], with upstream's filtering and defaulting.
+
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netlink::{AddressFamily, Protocol};
+
+use super::{
+    DEFAULT_STICKY_SECONDS, Diagnostic, Endpoint, LABEL_HEADLESS, LABEL_SERVICE_NAME,
+    LABEL_SERVICE_PROXY_NAME, Model, NodeInfo, ObjectName, Service, ServiceName, ServicePort,
+    ServicePortName, SessionAffinity, TargetPort,
+};
+
+/// What the model build needs to know about this proxier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Our Node's name: decides which of two duplicate endpoints is kept (the local one,
+    /// as upstream does).
+    pub node_name: String,
+    /// Objects labelled `service.kubernetes.io/service-proxy-name` are ours only when the
+    /// label equals this. `None` (kube-proxy's only behaviour) ignores every labelled object.
+    pub service_proxy_name: Option<String>,
+}
+
+impl Model {
+    /// Builds the model. Never fails: unusable parts are left out and reported.
+    pub fn build(
+        services: &[core::Service],
+        slices: &[discovery::EndpointSlice],
+        nodes: &[core::Node],
+        options: &ModelOptions,
+    ) -> (Model, Vec<Diagnostic>) {
+        let mut diags = Vec::new();
+        let mut model = Model::default();
+
+        let services = dedup_by_name(services, |s| &s.metadata, "Service", &mut diags);
+        let seen_services: BTreeSet<ServiceName> = services
+            .keys()
+            .map(|o| ServiceName {
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+            })
+            .collect();
+        for (name, svc) in services {
+            if !ours(&svc.metadata, options) {
+                continue;
+            }
+            if let Some(s) = convert_service(name, svc, &mut diags) {
+                model.services.insert(s.name.clone(), s);
+            }
+        }
+
+        let slices = dedup_by_name(slices, |s| &s.metadata, "EndpointSlice", &mut diags);
+        let mut collected = Collected::new();
+        for (name, slice) in slices {
+            add_slice(
+                name,
+                slice,
+                options,
+                &seen_services,
+                &mut collected,
+                &mut diags,
+            );
+        }
+        model.endpoints = collected
+            .into_iter()
+            .map(|(k, eps)| (k, eps.into_values().map(|(e, _)| e).collect()))
+            .collect();
+
+        for node in nodes {
+            if let Some(n) = convert_node(node, &mut diags) {
+                model.nodes.insert(n.name.clone(), n);
+            }
+        }
+        (model, diags)
+    }
+}
+
+/// The informers' label selector: no foreign proxy name, and no headless-service slices.
+fn ours(meta: &ObjectMeta, options: &ModelOptions) -> bool {
+    let Some(labels) = &meta.labels else {
+        return true;
+    };
+    if labels.contains_key(LABEL_HEADLESS) {
+        return false;
+    }
+    match labels.get(LABEL_SERVICE_PROXY_NAME) {
+        None => true,
+        Some(v) => options.service_proxy_name.as_deref() == Some(v.as_str()),
+    }
+}
+
+fn object_name(kind: &'static str, meta: &ObjectMeta) -> ObjectName {
+    ObjectName {
+        kind,
+        // kubectl's default; manifests often leave it out.
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Indexes objects by namespace/name. On a duplicate, keeps the copy whose JSON sorts
+/// first, so the result does not depend on input order.
+fn dedup_by_name<'a, T: serde::Serialize>(
+    objects: &'a [T],
+    meta: impl Fn(&T) -> &ObjectMeta,
+    kind: &'static str,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<ObjectName, &'a T> {
+    let mut out: BTreeMap<ObjectName, &'a T> = BTreeMap::new();
+    for o in objects {
+        match out.entry(object_name(kind, meta(o))) {
+            Entry::Vacant(v) => {
+                v.insert(o);
+            }
+            Entry::Occupied(mut e) => {
+                diags.push(Diagnostic::DuplicateObject {
+                    object: e.key().clone(),
+                });
+                let new = serde_json::to_string(o).unwrap_or_default();
+                let old = serde_json::to_string(*e.get()).unwrap_or_default();
+                if new < old {
+                    e.insert(o);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.trim().parse().ok()
+}
+
+fn convert_service(
+    object: ObjectName,
+    svc: &core::Service,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Service> {
+    let spec = svc.spec.as_ref()?;
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if type_ == "ExternalName" {
+        return None;
+    }
+    let raw_cluster_ips: Vec<&str> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    // Headless: upstream `IsServiceIPSet` looks at the primary cluster IP only.
+    match raw_cluster_ips.first() {
+        None | Some(&"") | Some(&"None") => return None,
+        Some(_) => {}
+    }
+    let name = ServiceName {
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+    };
+    let mut parse_list = |field: &'static str, values: &mut dyn Iterator<Item = &str>| {
+        let mut out = Vec::new();
+        for v in values {
+            match parse_ip(v) {
+                Some(ip) => out.push(ip),
+                None => diags.push(Diagnostic::InvalidAddress {
+                    object: object.clone(),
+                    field,
+                    value: v.to_owned(),
+                }),
+            }
+        }
+        out
+    };
+    let cluster_ips = parse_list("spec.clusterIPs", &mut raw_cluster_ips.iter().copied());
+    let external_ips = parse_list(
+        "spec.externalIPs",
+        &mut spec.external_ips.iter().flatten().map(String::as_str),
+    );
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let load_balancer_ips = parse_list(
+        "status.loadBalancer.ingress.ip",
+        &mut ingress
+            .into_iter()
+            .flatten()
+            // `ipMode: Proxy` load balancers deliver to the node, not to the VIP.
+            .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
+            .filter_map(|i| i.ip.as_deref())
+            .filter(|ip| !ip.is_empty()),
+    );
+    if cluster_ips.is_empty() {
+        return None;
+    }
+    let mut load_balancer_source_ranges = Vec::new();
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        // Validation lets whitespace through; upstream trims too.
+        match r.trim().parse::<IpNet>() {
+            Ok(net) => load_balancer_source_ranges.push(net.trunc()),
+            Err(_) => diags.push(Diagnostic::InvalidAddress {
+                object: object.clone(),
+                field: "spec.loadBalancerSourceRanges",
+                value: r.clone(),
+            }),
+        }
+    }
+
+    let externally_accessible = type_ == "LoadBalancer"
+        || type_ == "NodePort"
+        || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|e| !e.is_empty()));
+    let external_policy_local =
+        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+    let session_affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let raw = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        let timeout_seconds = match raw {
+            None => DEFAULT_STICKY_SECONDS,
+            Some(t) if (1..=86400).contains(&t) => t.unsigned_abs(),
+            Some(t) => {
+                diags.push(Diagnostic::InvalidAffinityTimeout {
+                    service: name.clone(),
+                    value: t.into(),
+                });
+                DEFAULT_STICKY_SECONDS
+            }
+        };
+        SessionAffinity::ClientIp { timeout_seconds }
+    } else {
+        SessionAffinity::None
+    };
+
+    let health_check_node_port = if type_ == "LoadBalancer" && external_policy_local {
+        match spec.health_check_node_port {
+            None | Some(0) => {
+                diags.push(Diagnostic::MissingHealthCheckNodePort {
+                    service: name.clone(),
+                });
+                None
+            }
+            Some(p) => port_number(p, &object, "", "spec.healthCheckNodePort", diags),
+        }
+    } else {
+        None
+    };
+
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let Some(protocol) = protocol(p.protocol.as_deref(), &object, &port_name, diags) else {
+            continue;
+        };
+        let Some(port) = port_number(p.port, &object, &port_name, "port", diags) else {
+            continue;
+        };
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => match port_number(n, &object, &port_name, "nodePort", diags) {
+                Some(n) => Some(n),
+                None => continue,
+            },
+        };
+        let target_port = match &p.target_port {
+            None => None,
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok().map(TargetPort::Number),
+            Some(IntOrString::String(s)) => Some(TargetPort::Name(s.clone())),
+        };
+        ports.push(ServicePort {
+            name: ServicePortName {
+                service: name.clone(),
+                port: port_name,
+                protocol,
+            },
+            port,
+            node_port,
+            target_port,
+        });
+    }
+
+    Some(Service {
+        name,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        session_affinity,
+        external_policy_local,
+        internal_policy_local,
+        health_check_node_port,
+        ports,
+    })
+}
+
+/// The API default is TCP.
+fn protocol(
+    raw: Option<&str>,
+    object: &ObjectName,
+    port_name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Protocol> {
+    match raw.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        other => {
+            diags.push(Diagnostic::UnknownProtocol {
+                object: object.clone(),
+                port_name: port_name.to_owned(),
+                protocol: other.to_owned(),
+            });
+            None
+        }
+    }
+}
+
+fn port_number(
+    value: i32,
+    object: &ObjectName,
+    port_name: &str,
+    field: &'static str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            diags.push(Diagnostic::PortOutOfRange {
+                object: object.clone(),
+                port_name: port_name.to_owned(),
+                field,
+                value: value.into(),
+            });
+            None
+        }
+    }
+}
+
+/// Endpoints per service port keyed by (address, port), with the slice each came from.
+type Collected = BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), (Endpoint, String)>>;
+
+fn add_slice(
+    object: ObjectName,
+    slice: &discovery::EndpointSlice,
+    options: &ModelOptions,
+    seen_services: &BTreeSet<ServiceName>,
+    collected: &mut Collected,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if !ours(&slice.metadata, options) {
+        return;
+    }
+    let Some(service_name) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .filter(|n| !n.is_empty())
+    else {
+        diags.push(Diagnostic::SliceWithoutServiceLabel { slice: object });
+        return;
+    };
+    let service = ServiceName {
+        namespace: object.namespace.clone(),
+        name: service_name.clone(),
+    };
+    let family = match slice.address_type.as_str() {
+        "IPv4" => AddressFamily::Inet,
+        "IPv6" => AddressFamily::Inet6,
+        other => {
+            diags.push(Diagnostic::UnsupportedAddressType {
+                slice: object,
+                address_type: other.to_owned(),
+            });
+            return;
+        }
+    };
+    if !seen_services.contains(&service) {
+        diags.push(Diagnostic::SliceWithoutService {
+            slice: object,
+            service,
+        });
+        return;
+    }
+
+    let mut ports = Vec::new();
+    for p in slice.ports.iter().flatten() {
+        let Some(name) = &p.name else {
+            diags.push(Diagnostic::SlicePortWithoutName {
+                slice: object.clone(),
+            });
+            continue;
+        };
+        let Some(protocol) = protocol(p.protocol.as_deref(), &object, name, diags) else {
+            continue;
+        };
+        let Some(number) = p
+            .port
+            .and_then(|n| port_number(n, &object, name, "port", diags))
+        else {
+            continue;
+        };
+        ports.push((
+            ServicePortName {
+                service: service.clone(),
+                port: name.clone(),
+                protocol,
+            },
+            number,
+        ));
+    }
+
+    for ep in &slice.endpoints {
+        // Like upstream, only the first address counts.
+        let Some(raw) = ep.addresses.first() else {
+            continue;
+        };
+        let Some(addr) = parse_ip(raw) else {
+            diags.push(Diagnostic::InvalidAddress {
+                object: object.clone(),
+                field: "endpoints.addresses",
+                value: raw.clone(),
+            });
+            continue;
+        };
+        if AddressFamily::of(&addr) != family {
+            diags.push(Diagnostic::EndpointWrongFamily {
+                slice: object.clone(),
+                address: addr,
+            });
+            continue;
+        }
+        let cond = ep.conditions.as_ref();
+        let hints = ep.hints.as_ref();
+        let template = Endpoint {
+            addr,
+            port: 0,
+            ready: cond.and_then(|c| c.ready).unwrap_or(true),
+            serving: cond.and_then(|c| c.serving).unwrap_or(true),
+            terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        };
+        for (spn, number) in &ports {
+            let endpoint = Endpoint {
+                port: *number,
+                ..template.clone()
+            };
+            let per_port = collected.entry(spn.clone()).or_default();
+            match per_port.entry((addr, *number)) {
+                Entry::Vacant(v) => {
+                    v.insert((endpoint, object.name.clone()));
+                }
+                Entry::Occupied(mut o) => {
+                    diags.push(Diagnostic::DuplicateEndpoint {
+                        service_port: spn.clone(),
+                        address: addr,
+                        port: *number,
+                        slices: (o.get().1.clone(), object.name.clone()),
+                    });
+                    let is_local =
+                        |e: &Endpoint| e.node_name.as_deref() == Some(options.node_name.as_str());
+                    // Slices come in name order, so "keep the first" is order-independent;
+                    // a local copy wins as upstream favours isLocal.
+                    if is_local(&endpoint) && !is_local(&o.get().0) {
+                        o.insert((endpoint, object.name.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn convert_node(node: &core::Node, diags: &mut Vec<Diagnostic>) -> Option<NodeInfo> {
+    let name = node.metadata.name.clone()?;
+    let spec = node.spec.as_ref();
+    let raw: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(c) if !c.is_empty() => c.iter().collect(),
+        _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+    };
+    let mut pod_cidrs = Vec::new();
+    for c in raw {
+        match c.parse::<IpNet>() {
+            Ok(n) => pod_cidrs.push(n.trunc()),
+            Err(_) => diags.push(Diagnostic::InvalidAddress {
+                object: ObjectName {
+                    kind: "Node",
+                    namespace: String::new(),
+                    name: name.clone(),
+                },
+                field: "spec.podCIDRs",
+                value: c.clone(),
+            }),
+        }
+    }
+    Some(NodeInfo {
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        name,
+        pod_cidrs,
+    })
+}

@@ -1,0 +1,142 @@
+//! Multi-document YAML manifests -> Services, EndpointSlices and Nodes.
+//!
+//! Used by the golden tests, the examples and a later `ipvs-proxier plan` command. A
+//! document that is not one of the three kinds, or does not decode, yields a diagnostic
+//! naming its 0-based index; the other documents are still read. `kind: List` (as printed by
+//! `kubectl get -o yaml`) is unwrapped.
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Deserialize;
+
+use super::Diagnostic;
+
+/// The objects found in a manifest stream.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses every document of `text`.
+pub fn parse_manifests(text: &str) -> Manifests {
+    let mut out = Manifests::default();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(document) {
+            Ok(value) => add_value(&mut out, index, value),
+            Err(e) => {
+                out.diagnostics.push(Diagnostic::UndecodableDocument {
+                    document: index,
+                    error: e.to_string(),
+                });
+                // A syntax error leaves the stream in an unknown state; serde_yaml stops
+                // yielding documents after it, so there is nothing more to read.
+            }
+        }
+    }
+    out
+}
+
+fn add_value(out: &mut Manifests, index: usize, value: serde_yaml::Value) {
+    if value.is_null() {
+        return; // an empty document, e.g. a trailing `---`
+    }
+    if !value.is_mapping() {
+        out.diagnostics.push(Diagnostic::UndecodableDocument {
+            document: index,
+            error: "not a mapping, so not a Kubernetes object".to_owned(),
+        });
+        return;
+    }
+    let text_field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let api_version = text_field("apiVersion");
+    let kind = text_field("kind");
+    let decoded = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => serde_yaml::from_value(value).map(|s| out.services.push(s)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            serde_yaml::from_value(value).map(|s| out.endpoint_slices.push(s))
+        }
+        ("v1", "Node") => serde_yaml::from_value(value).map(|n| out.nodes.push(n)),
+        ("v1", "List") => {
+            if let Some(items) = value.get("items").and_then(serde_yaml::Value::as_sequence) {
+                for item in items.clone() {
+                    add_value(out, index, item);
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            out.diagnostics.push(Diagnostic::UnknownKind {
+                document: index,
+                api_version,
+                kind,
+            });
+            Ok(())
+        }
+    };
+    if let Err(e) = decoded {
+        out.diagnostics.push(Diagnostic::UndecodableDocument {
+            document: index,
+            error: e.to_string(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kinds_and_reports_others_by_index() {
+        let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {ports: notalist}
+---
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: default, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: []
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1}
+";
+        let m = parse_manifests(text);
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.endpoint_slices.len(), 1);
+        assert_eq!(m.nodes.len(), 1);
+        assert_eq!(m.diagnostics.len(), 2, "{:?}", m.diagnostics);
+        assert!(matches!(
+            &m.diagnostics[0],
+            Diagnostic::UnknownKind { document: 1, kind, .. } if kind == "Deployment"
+        ));
+        assert!(matches!(
+            &m.diagnostics[1],
+            Diagnostic::UndecodableDocument { document: 2, .. }
+        ));
+    }
+}

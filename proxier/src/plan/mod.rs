@@ -1,0 +1,659 @@
+//! The planner: [`Model`] + [`PlanConfig`] + [`NodeFacts`] -> the desired dataplane, per IP
+//! family. Pure: no I/O, no clock, no randomness; the same input gives the same [`Plan`]
+//! whatever the order of the objects.
+//!
+//! Per family the plan holds the IPVS table (`netlink::ipvs::Table`), the addresses to bind
+//! on `kube-ipvs0`, the members of the 17 ipsets, the iptables rules of the nat and filter
+//! tables (typed, see [`iptables`]) and the health-check node ports. [`render`] prints them
+//! in stable text forms: `ipvsadm -Sn`, `ipset save`-like and `iptables-restore` input.
+//!
+//! It follows the upstream IPVS proxier (`pkg/proxy/ipvs/proxier.go:syncProxyRules` and
+//! `writeIptablesRules`; see `shared/reference/kube-proxy-ipvs.md` §1-§3). Deliberate
+//! choices where upstream is silent or nondeterministic:
+//!
+//! - `externalTrafficPolicy` / `internalTrafficPolicy: Local` with no local endpoint falls
+//!   back to the cluster endpoints, as upstream IPVS does (PR #97081); set
+//!   [`LocalPolicyFallback::Strict`] for the API's promise (no real servers), which is what
+//!   the iptables and nftables modes do.
+//! - Two service ports claiming one NodePort, or producing one virtual server: the first in
+//!   `namespace/name:port` order keeps it and a diagnostic names both (upstream's result
+//!   depends on Go map order).
+//! - The health-check node port is listed even when the Service's NodePort part is skipped
+//!   for lack of node IPs (upstream's loop `continue`s past it in that case).
+//! - `nodePortAddresses` CIDRs (or `primary`) with nothing of a family means "all
+//!   addresses" for that family, like upstream's `NodePortAddresses`.
+//!
+//! # Feature coverage
+//!
+//! Rows of the reference's feature table (§1) that the planner owns, and the golden case
+//! (`proxier/tests/testdata/<case>/`) that pins each down:
+//!
+//! | # | Feature | Golden case(s) |
+//! |---|---|---|
+//! | 2 | ClusterIP services | `clusterip-basic`, `examples` |
+//! | 3 | NodePort (all node IPs, `nodePortAddresses`, no loopback) | `nodeport-basic`, `nodeport-addresses-cidr`, `nodeport-addresses-primary` |
+//! | 4 | LoadBalancer ingress (VIP mode only; bind unless a node address) | `loadbalancer-basic`, `loadbalancer-ipmode-proxy`, `loadbalancer-ip-on-node` |
+//! | 5 | ExternalIPs (ETP Cluster / Local sets and rules) | `externalips-cluster`, `externalips-local` |
+//! | 6 | ExternalName, headless, service-proxy-name, headless slices ignored | `headless-externalname`, `service-proxy-name` |
+//! | 7 | `sessionAffinity: ClientIP` + timeout, host netmask | `session-affinity` |
+//! | 8 | `externalTrafficPolicy: Local` (+ fallback, + strict option) | `etp-local`, `etp-local-no-local-endpoints`, `etp-local-strict` |
+//! | 9 | `internalTrafficPolicy: Local` (zero RS without local endpoints) | `itp-local` |
+//! | 10 | Topology hints / trafficDistribution | `topology-same-zone`, `topology-same-node`, `topology-hints-ignored` |
+//! | 11 | Terminating endpoints fallback | `terminating-fallback`, `readiness-gated` |
+//! | 13 | `loadBalancerSourceRanges` (FW, CIDR, SOURCE-IP, OUT-FILTER) | `lb-source-ranges` |
+//! | 14 | `healthCheckNodePort` | `etp-local` |
+//! | 15 | IPVS scheduler (mh gets `mh-port`) | `scheduler-mh` |
+//! | 19 | TCP / UDP / SCTP (SCTP NodePort hash set) | `protocols-udp-sctp` |
+//! | 20 | IPv4 / IPv6 / dual-stack (`KUBE-6-` sets, `::1/128`) | `dual-stack`, `ipv6-only` |
+//! | 21 | Masquerade rules (mark bit, `--random-fully`, detectors, masquerade-all) | `masquerade-all`, `detect-local-none`, `detect-local-bridge`, `detect-local-node-cidr`, `masquerade-bit-no-random-fully` |
+//! | 22 | Hairpin (`KUBE-LOOP-BACK` for local endpoints) | `clusterip-basic`, `examples` |
+//! | 23 | `KUBE-IPVS-FILTER` / `KUBE-IPVS-IPS` | every case (`clusterip-basic`) |
+//! | 24 | `KUBE-FORWARD` | every case (`clusterip-basic`) |
+//! | 33 | Services with zero endpoints keep a VS with no RS | `zero-endpoints` |
+//! | — | Seeds: named port, multi-port, NodePort 31313, LB, affinity, headless, ExternalName, readiness | `examples`, `named-port`, `multi-port` |
+//! | — | Bad input diagnostics | `bad-input`, `manifest-diagnostics` |
+//!
+//! Rows not owned here: #1, #12, #16-#18, #25-#32 belong to the dataplane, the sync loop or
+//! the daemon.
+
+pub mod config;
+pub mod ipsets;
+pub mod iptables;
+pub mod render;
+pub mod topology;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlink::ipset::Member;
+use netlink::ipvs::{Destination, Service as IpvsService, ServiceFlags, ServiceKey, Table};
+use netlink::{AddressFamily, Protocol};
+
+use crate::model::{
+    Diagnostic, Endpoint, Model, Service, ServiceName, ServicePort, ServicePortName,
+    SessionAffinity,
+};
+
+pub use config::{
+    ConfigError, ConfigFile, LocalDetector, LocalPolicyFallback, NodeFacts, NodePortAddresses,
+    PlanConfig,
+};
+pub use ipsets::{IpSets, SetName};
+pub use iptables::RuleSet;
+
+/// A Service's health-check node port and what it will report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    /// Distinct local Ready endpoint addresses (the `localEndpoints` of the HC reply).
+    pub local_endpoints: usize,
+}
+
+/// The desired dataplane of one IP family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPlan {
+    pub family: AddressFamily,
+    /// Virtual servers of this family with their real servers.
+    pub ipvs: Table,
+    /// Addresses to have on `kube-ipvs0` (also the `KUBE-IPVS-IPS` members).
+    pub bind_addresses: BTreeSet<IpAddr>,
+    /// The node addresses that carry NodePort virtual servers.
+    pub node_port_addresses: Vec<IpAddr>,
+    pub ipsets: IpSets,
+    pub rules: RuleSet,
+    pub health_checks: BTreeMap<ServiceName, HealthCheck>,
+}
+
+/// The desired dataplane: one [`FamilyPlan`] per configured family, plus what was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub families: Vec<FamilyPlan>,
+    /// Sorted and without duplicates.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Plan {
+    pub fn family(&self, family: AddressFamily) -> Option<&FamilyPlan> {
+        self.families.iter().find(|f| f.family == family)
+    }
+}
+
+/// Builds the model from API objects and plans it; model and plan diagnostics are merged.
+pub fn plan_objects(
+    services: &[k8s_openapi::api::core::v1::Service],
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    config: &PlanConfig,
+    facts: &NodeFacts,
+) -> Plan {
+    let (model, mut diags) = Model::build(services, slices, nodes, &config.model_options());
+    let mut plan = plan(&model, config, facts);
+    diags.append(&mut plan.diagnostics);
+    diags.sort();
+    diags.dedup();
+    plan.diagnostics = diags;
+    plan
+}
+
+/// Plans `model` for every family of `config`.
+pub fn plan(model: &Model, config: &PlanConfig, facts: &NodeFacts) -> Plan {
+    let mut diagnostics = Vec::new();
+    wrong_family_diagnostics(model, config, &mut diagnostics);
+    let lost_node_ports = node_port_clashes(model, &mut diagnostics);
+    let node = model.nodes.get(&config.node_name);
+    let zone = node.and_then(|n| n.zone());
+
+    let families = config
+        .families
+        .iter()
+        .map(|&family| {
+            FamilyPlanner {
+                family,
+                config,
+                facts,
+                model,
+                node_pod_cidrs: node.map(|n| n.pod_cidrs.as_slice()).unwrap_or_default(),
+                zone,
+                lost_node_ports: &lost_node_ports,
+                diagnostics: &mut diagnostics,
+            }
+            .run()
+        })
+        .collect();
+    diagnostics.sort();
+    diagnostics.dedup();
+    Plan {
+        families,
+        diagnostics,
+    }
+}
+
+fn family_of_net(n: &IpNet) -> AddressFamily {
+    AddressFamily::of(&n.addr())
+}
+
+/// Addresses of a family the node does not proxy. Reported once, whatever the families.
+fn wrong_family_diagnostics(model: &Model, config: &PlanConfig, diags: &mut Vec<Diagnostic>) {
+    let enabled = |f: AddressFamily| config.families.contains(&f);
+    for svc in model.services.values() {
+        let mut report = |field: &'static str, address: String, family: AddressFamily| {
+            if !enabled(family) {
+                diags.push(Diagnostic::WrongFamily {
+                    service: svc.name.clone(),
+                    field,
+                    address,
+                    family,
+                });
+            }
+        };
+        for ip in &svc.cluster_ips {
+            report("spec.clusterIPs", ip.to_string(), AddressFamily::of(ip));
+        }
+        for ip in &svc.external_ips {
+            report("spec.externalIPs", ip.to_string(), AddressFamily::of(ip));
+        }
+        for ip in &svc.load_balancer_ips {
+            report(
+                "status.loadBalancer.ingress",
+                ip.to_string(),
+                AddressFamily::of(ip),
+            );
+        }
+        for net in &svc.load_balancer_source_ranges {
+            report(
+                "spec.loadBalancerSourceRanges",
+                net.to_string(),
+                family_of_net(net),
+            );
+        }
+    }
+}
+
+/// Service ports that lose their NodePort to an earlier (in name order) claimant.
+fn node_port_clashes(model: &Model, diags: &mut Vec<Diagnostic>) -> HashSet<ServicePortName> {
+    let mut owners: BTreeMap<(Protocol, u16), &ServicePortName> = BTreeMap::new();
+    let mut lost = HashSet::new();
+    for svc in model.services.values() {
+        for port in sorted_ports(svc) {
+            let Some(np) = port.node_port else { continue };
+            match owners.get(&(port.name.protocol, np)) {
+                None => {
+                    owners.insert((port.name.protocol, np), &port.name);
+                }
+                Some(kept) => {
+                    diags.push(Diagnostic::NodePortClash {
+                        node_port: np,
+                        protocol: port.name.protocol,
+                        kept: (*kept).clone(),
+                        lost: port.name.clone(),
+                    });
+                    lost.insert(port.name.clone());
+                }
+            }
+        }
+    }
+    lost
+}
+
+fn sorted_ports(svc: &Service) -> Vec<&ServicePort> {
+    let mut ports: Vec<&ServicePort> = svc.ports.iter().collect();
+    ports.sort_by(|a, b| a.name.cmp(&b.name));
+    ports
+}
+
+/// Loopback and IPv6 link-local addresses never carry NodePorts (upstream's
+/// `GetAllLocalAddressesExcept` drops them).
+fn usable_node_address(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback(),
+        IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
+struct FamilyPlanner<'a> {
+    family: AddressFamily,
+    config: &'a PlanConfig,
+    facts: &'a NodeFacts,
+    model: &'a Model,
+    node_pod_cidrs: &'a [IpNet],
+    zone: Option<&'a str>,
+    lost_node_ports: &'a HashSet<ServicePortName>,
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+/// The per-family state being filled.
+struct Output {
+    table: Table,
+    owners: BTreeMap<ServiceKey, ServicePortName>,
+    bind: BTreeSet<IpAddr>,
+    sets: IpSets,
+    lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
+    health_checks: BTreeMap<ServiceName, HealthCheck>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl FamilyPlanner<'_> {
+    fn of_family(&self, ip: &IpAddr) -> bool {
+        AddressFamily::of(ip) == self.family
+    }
+
+    fn run(self) -> FamilyPlan {
+        let family = self.family;
+        let mut node_addresses: Vec<IpAddr> = self
+            .facts
+            .addresses
+            .iter()
+            .filter(|ip| self.of_family(ip) && usable_node_address(ip))
+            .copied()
+            .collect();
+        node_addresses.sort();
+        node_addresses.dedup();
+        let node_port_addresses = self.node_port_addresses(&node_addresses);
+        let primary_ip = self
+            .facts
+            .primary_ips
+            .iter()
+            .find(|ip| self.of_family(ip))
+            .copied();
+
+        let mut out = Output {
+            table: Table::default(),
+            owners: BTreeMap::new(),
+            bind: BTreeSet::new(),
+            sets: IpSets::new(family),
+            lb_no_node_access: Vec::new(),
+            health_checks: BTreeMap::new(),
+            diagnostics: Vec::new(),
+        };
+        for svc in self.model.services.values() {
+            let Some(cluster_ip) = svc.cluster_ips.iter().find(|ip| self.of_family(ip)) else {
+                continue;
+            };
+            for port in sorted_ports(svc) {
+                self.plan_port(
+                    svc,
+                    port,
+                    *cluster_ip,
+                    &node_addresses,
+                    &node_port_addresses,
+                    primary_ip,
+                    &mut out,
+                );
+            }
+            if let Some(hc) = svc.health_check_node_port {
+                out.sets
+                    .insert(SetName::HealthCheckNodePort, Member::Port(hc));
+                out.health_checks.insert(
+                    svc.name.clone(),
+                    HealthCheck {
+                        node_port: hc,
+                        local_endpoints: self.local_ready_addresses(svc),
+                    },
+                );
+            }
+        }
+        for ip in &out.bind {
+            out.sets.insert(SetName::IpvsIps, Member::Ip(*ip));
+        }
+        self.diagnostics.append(&mut out.diagnostics);
+        out.lb_no_node_access.sort();
+        out.lb_no_node_access.dedup();
+
+        let rules = iptables::rules(
+            &out.sets,
+            &iptables::RuleInputs {
+                masquerade_mark: self.config.masquerade_mark(),
+                random_fully: self.config.random_fully,
+                cluster_ip_masquerade: self.cluster_ip_masquerade(),
+                lb_no_node_access: out.lb_no_node_access,
+            },
+        );
+        FamilyPlan {
+            family,
+            ipvs: out.table,
+            bind_addresses: out.bind,
+            node_port_addresses,
+            ipsets: out.sets,
+            rules,
+            health_checks: out.health_checks,
+        }
+    }
+
+    fn node_port_addresses(&self, node_addresses: &[IpAddr]) -> Vec<IpAddr> {
+        let all = || node_addresses.to_vec();
+        match &self.config.node_port_addresses {
+            NodePortAddresses::All => all(),
+            NodePortAddresses::Primary => {
+                let mut ips: Vec<IpAddr> = self
+                    .facts
+                    .primary_ips
+                    .iter()
+                    .filter(|ip| self.of_family(ip) && usable_node_address(ip))
+                    .copied()
+                    .collect();
+                if ips.is_empty() {
+                    return all();
+                }
+                ips.sort();
+                ips.dedup();
+                ips
+            }
+            NodePortAddresses::Cidrs(cidrs) => {
+                let cidrs: Vec<&IpNet> = cidrs
+                    .iter()
+                    .filter(|c| family_of_net(c) == self.family)
+                    .collect();
+                if cidrs.is_empty() {
+                    return all();
+                }
+                node_addresses
+                    .iter()
+                    .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+
+    fn cluster_ip_masquerade(&self) -> iptables::ClusterIpMasquerade {
+        use iptables::{ClusterIpMasquerade, Match};
+        if self.config.masquerade_all {
+            return ClusterIpMasquerade::All;
+        }
+        let first_of_family = |nets: &[IpNet]| {
+            nets.iter()
+                .find(|n| family_of_net(n) == self.family)
+                .map(|net| {
+                    ClusterIpMasquerade::IfNotLocal(Match::SourceNet {
+                        negated: true,
+                        net: *net,
+                    })
+                })
+        };
+        let detector = match &self.config.local_detector {
+            LocalDetector::None => None,
+            LocalDetector::ClusterCidr => first_of_family(&self.config.cluster_cidrs),
+            LocalDetector::NodeCidr => first_of_family(self.node_pod_cidrs),
+            LocalDetector::BridgeInterface(br) => Some(ClusterIpMasquerade::IfNotLocal(
+                Match::NotInInterface(br.clone()),
+            )),
+            LocalDetector::InterfaceNamePrefix(p) => Some(ClusterIpMasquerade::IfNotLocal(
+                Match::NotInInterface(format!("{p}+")),
+            )),
+        };
+        detector.unwrap_or(ClusterIpMasquerade::SourceIsVip)
+    }
+
+    fn is_local(&self, e: &Endpoint) -> bool {
+        e.node_name.as_deref() == Some(self.config.node_name.as_str())
+    }
+
+    fn local_ready_addresses(&self, svc: &Service) -> usize {
+        let mut addrs = BTreeSet::new();
+        for port in &svc.ports {
+            for e in self.model.endpoints.get(&port.name).into_iter().flatten() {
+                if self.of_family(&e.addr) && e.ready && self.is_local(e) {
+                    addrs.insert(e.addr);
+                }
+            }
+        }
+        addrs.len()
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    fn plan_port(
+        &self,
+        svc: &Service,
+        port: &ServicePort,
+        cluster_ip: IpAddr,
+        node_addresses: &[IpAddr],
+        node_port_addresses: &[IpAddr],
+        primary_ip: Option<IpAddr>,
+        out: &mut Output,
+    ) {
+        let family = self.family;
+        let spn = &port.name;
+        let protocol = spn.protocol;
+        let endpoints: Vec<&Endpoint> = self
+            .model
+            .endpoints
+            .get(spn)
+            .into_iter()
+            .flatten()
+            .filter(|e| self.of_family(&e.addr))
+            .collect();
+        let external_ips: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .filter(|ip| self.of_family(ip))
+            .copied()
+            .collect();
+        let lb_ips: Vec<IpAddr> = svc
+            .load_balancer_ips
+            .iter()
+            .filter(|ip| self.of_family(ip))
+            .copied()
+            .collect();
+        let source_ranges: Vec<IpNet> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|n| family_of_net(n) == family)
+            .copied()
+            .collect();
+        let node_port = port
+            .node_port
+            .filter(|_| !self.lost_node_ports.contains(spn));
+
+        // Per-family accessibility, as upstream's ServicePort.ExternallyAccessible().
+        let accessible = node_port.is_some() || !lb_ips.is_empty() || !external_ips.is_empty();
+        let uses_cluster = !svc.internal_policy_local || accessible;
+        let uses_local = svc.internal_policy_local || (svc.external_policy_local && accessible);
+        let cat = topology::categorize(
+            &endpoints,
+            uses_cluster,
+            uses_local,
+            &self.config.node_name,
+            self.zone,
+        );
+        let select = |only_local: bool| -> Vec<&Endpoint> {
+            let cluster = || cat.cluster.clone().unwrap_or_default();
+            if !only_local {
+                cluster()
+            } else if !cat.local.is_empty() {
+                cat.local.clone()
+            } else {
+                match self.config.local_policy_fallback {
+                    LocalPolicyFallback::ClusterEndpoints => cluster(),
+                    LocalPolicyFallback::Strict => Vec::new(),
+                }
+            }
+        };
+        let internal = select(svc.internal_policy_local);
+        let external = select(svc.external_policy_local);
+
+        let mut flags = 0;
+        let mut timeout = 0;
+        if let SessionAffinity::ClientIp { timeout_seconds } = svc.session_affinity {
+            flags |= ServiceFlags::PERSISTENT;
+            timeout = timeout_seconds;
+        }
+        if self.config.scheduler.as_str() == "mh" {
+            flags |= ServiceFlags::SCHED2;
+        }
+        let add_vs = |out: &mut Output, addr: IpAddr, vport: u16, dests: &[&Endpoint]| {
+            let key = ServiceKey::Inet {
+                protocol,
+                addr,
+                port: vport,
+            };
+            if let Some(kept) = out.owners.get(&key) {
+                // The same port reaching one VS twice (an LB IP that is also an external
+                // IP) is one VS with the same real servers: nothing to report.
+                if kept != spn {
+                    out.diagnostics.push(Diagnostic::VirtualServerClash {
+                        virtual_server: key.to_string(),
+                        kept: kept.clone(),
+                        lost: spn.clone(),
+                    });
+                }
+                return false;
+            }
+            out.owners.insert(key, spn.clone());
+            let mut service = IpvsService::new(key, self.config.scheduler.clone());
+            service.flags = ServiceFlags(flags);
+            service.timeout = timeout;
+            let vs = out.table.upsert_service(service);
+            for e in dests {
+                let d = Destination::masq(e.addr, e.port);
+                vs.destinations.insert(d.key(), d);
+            }
+            true
+        };
+
+        // Hairpin: every local endpoint, whatever its readiness.
+        for e in &endpoints {
+            if self.is_local(e) {
+                out.sets.insert(
+                    SetName::LoopBack,
+                    Member::IpPortIp {
+                        ip: e.addr,
+                        protocol,
+                        port: e.port,
+                        ip2: e.addr,
+                    },
+                );
+            }
+        }
+
+        let ip_port = |ip: IpAddr, port: u16| Member::IpPort { ip, protocol, port };
+        out.sets
+            .insert(SetName::ClusterIp, ip_port(cluster_ip, port.port));
+        if add_vs(out, cluster_ip, port.port, &internal) {
+            out.bind.insert(cluster_ip);
+        }
+
+        let is_node_address = |ip: &IpAddr| node_addresses.binary_search(ip).is_ok();
+        for ip in external_ips {
+            let set = if svc.external_policy_local {
+                SetName::ExternalIpLocal
+            } else {
+                SetName::ExternalIp
+            };
+            out.sets.insert(set, ip_port(ip, port.port));
+            if add_vs(out, ip, port.port, &external) && !is_node_address(&ip) {
+                out.bind.insert(ip);
+            }
+        }
+
+        for ip in lb_ips {
+            let entry = ip_port(ip, port.port);
+            out.sets.insert(SetName::LoadBalancer, entry);
+            if svc.external_policy_local {
+                out.sets.insert(SetName::LoadBalancerLocal, entry);
+            }
+            if !source_ranges.is_empty() {
+                out.sets.insert(SetName::LoadBalancerFw, entry);
+                for net in &source_ranges {
+                    out.sets.insert(
+                        SetName::LoadBalancerSourceCidr,
+                        Member::IpPortNet {
+                            ip,
+                            protocol,
+                            port: port.port,
+                            net: *net,
+                        },
+                    );
+                }
+                let node_allowed = primary_ip
+                    .is_some_and(|node_ip| source_ranges.iter().any(|n| n.contains(&node_ip)));
+                if node_allowed {
+                    // Node-originated traffic to the LB IP is sourced from the LB IP itself
+                    // (bound on kube-ipvs0).
+                    out.sets.insert(
+                        SetName::LoadBalancerSourceIp,
+                        Member::IpPortIp {
+                            ip,
+                            protocol,
+                            port: port.port,
+                            ip2: ip,
+                        },
+                    );
+                } else {
+                    out.lb_no_node_access.push((ip, protocol, port.port));
+                }
+            }
+            if add_vs(out, ip, port.port, &external) && !is_node_address(&ip) {
+                out.bind.insert(ip);
+            }
+        }
+
+        if let Some(np) = node_port {
+            if node_port_addresses.is_empty() {
+                return;
+            }
+            let (set, local_set) = match protocol {
+                Protocol::Tcp => (SetName::NodePortTcp, SetName::NodePortLocalTcp),
+                Protocol::Udp => (SetName::NodePortUdp, SetName::NodePortLocalUdp),
+                Protocol::Sctp => (SetName::NodePortSctp, SetName::NodePortLocalSctp),
+            };
+            let entries: Vec<Member> = match protocol {
+                Protocol::Tcp | Protocol::Udp => vec![Member::Port(np)],
+                // bitmap:port has no protocol, so SCTP uses hash:ip,port per node IP.
+                Protocol::Sctp => node_port_addresses
+                    .iter()
+                    .map(|ip| ip_port(*ip, np))
+                    .collect(),
+            };
+            for e in &entries {
+                out.sets.insert(set, *e);
+                if svc.external_policy_local {
+                    out.sets.insert(local_set, *e);
+                }
+            }
+            for ip in node_port_addresses {
+                add_vs(out, *ip, np, &external);
+            }
+        }
+    }
+}
