@@ -4,5 +4,6 @@
 pub mod inet;
 pub mod ipset;
 pub mod ipvs;
+pub mod link;
 
 pub use inet::{AddressFamily, Protocol};
