@@ -755,11 +755,15 @@ fn stats_values(s: &Stats) -> [(u16, u64); 10] {
     ]
 }
 
-/// Both stats nests; the kernel fills the 32-bit one by truncating the 64-bit counters.
+/// Both stats nests; the kernel fills the "32-bit" one by truncating the 64-bit counters,
+/// except the byte counters, which are u64 in both.
 fn write_stats(w: &mut AttrWriter, kind32: u16, kind64: u16, s: &Stats) {
     w.nest(kind32, false, |w| {
         for (k, v) in stats_values(s) {
-            w.u32(k, v as u32);
+            match k {
+                stats_attr::INBYTES | stats_attr::OUTBYTES => w.u64(k, v),
+                _ => w.u32(k, v as u32),
+            }
         }
     });
     w.nest(kind64, false, |w| {
@@ -891,13 +895,12 @@ fn parse_stats(buf: &[u8], wide: bool) -> Result<Stats, DecodeError> {
     for nla in NlasIterator::new(buf) {
         let nla = nla?;
         let v = nla.value();
-        let n = if wide {
-            match nla.kind() {
-                stats_attr::PAD => continue,
-                _ => u64_ne(v)?,
-            }
-        } else {
-            u64::from(u32_ne(v)?)
+        // The "32-bit" nest carries the byte counters as u64 too (`nla_put_u64_64bit`).
+        let n = match (nla.kind(), v.len()) {
+            (stats_attr::PAD, _) => continue,
+            (_, 8) => u64_ne(v)?,
+            (_, _) if !wide => u64::from(u32_ne(v)?),
+            (_, len) => return Err(DecodeError::invalid_number(8, len)),
         };
         match nla.kind() {
             stats_attr::CONNS => s.conns = n,

@@ -18,7 +18,11 @@ fn service_selector(key: &ServiceKey) -> String {
             protocol,
             addr,
             port,
-        } => format!("{} {}", protocol.ipvsadm_switch_str(), SocketText(*addr, *port)),
+        } => format!(
+            "{} {}",
+            protocol.ipvsadm_switch_str(),
+            SocketText(*addr, *port)
+        ),
         ServiceKey::Fwmark { family, mark } => match family {
             AddressFamily::Inet => format!("-f {mark}"),
             AddressFamily::Inet6 => format!("-f {mark} -6"),
@@ -93,9 +97,11 @@ pub(crate) fn write_destination(out: &mut String, key: &ServiceKey, d: &Destinat
         forward_switch(&d.forward),
         d.weight
     );
+    // ipvsadm 1.31 names the tunnel type even for the default (ipip), and never prints the
+    // -x / -y thresholds in -S output (checked against the real tool in the lab tests).
     if let ForwardMethod::Tunnel { kind, port, flags } = d.forward {
         match kind {
-            TunnelType::Ipip => {}
+            TunnelType::Ipip => out.push_str(" --tun-type ipip"),
             TunnelType::Gue => {
                 let _ = write!(out, " --tun-type gue --tun-port {port}");
                 write_tunnel_csum(out, flags);
@@ -105,12 +111,6 @@ pub(crate) fn write_destination(out: &mut String, key: &ServiceKey, d: &Destinat
                 write_tunnel_csum(out, flags);
             }
         }
-    }
-    if d.upper_threshold != 0 {
-        let _ = write!(out, " -x {}", d.upper_threshold);
-    }
-    if d.lower_threshold != 0 {
-        let _ = write!(out, " -y {}", d.lower_threshold);
     }
     out.push('\n');
 }
