@@ -5,5 +5,6 @@
 //! do no I/O; `dataplane` is the only code that touches the kernel; `sync` owns timing.
 
 pub mod dataplane;
+pub mod diff;
 pub mod model;
 pub mod plan;
