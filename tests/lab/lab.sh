@@ -123,6 +123,15 @@ _lab_resolve_kernel_pkg() {
             lab_warn "apt-cache knows no linux-image-amd64 (run 'apt-get update' as root)"
         fi
     fi
+    # The metapackage's candidate version is known offline; what it depends on is resolved once
+    # per version and remembered, so a cached lab needs no network at all.
+    local meta_ver memo
+    meta_ver=$(apt-cache policy linux-image-amd64 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    memo="$meta_dir/linux-image-amd64_${meta_ver:-unknown}.depends"
+    if [[ -n "$meta_ver" && "$meta_ver" != "(none)" && -s "$memo" ]]; then
+        cat "$memo"
+        return 0
+    fi
     mkdir -p "$meta_dir"
     # Download the metapackage and read its Depends: that is the exact kernel package.
     rm -f "$meta_dir"/linux-image-amd64_*.deb
@@ -130,11 +139,16 @@ _lab_resolve_kernel_pkg() {
         for deb in "$meta_dir"/linux-image-amd64_*.deb; do
             deps=$(dpkg-deb -f "$deb" Depends)
         done
+        rm -f "$meta_dir"/linux-image-amd64_*.deb
     fi
     if [[ -z "$deps" ]]; then
         deps=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: //p')
     fi
-    grep -oE 'linux-image-[0-9][^ ,()]*-amd64' <<<"$deps" | grep -v unsigned | head -n1
+    deps=$(grep -oE 'linux-image-[0-9][^ ,()]*-amd64' <<<"$deps" | grep -v unsigned | head -n1) || true
+    if [[ -n "$deps" && -n "$meta_ver" && "$meta_ver" != "(none)" ]]; then
+        printf '%s\n' "$deps" >"$memo"
+    fi
+    printf '%s\n' "$deps"
 }
 
 # Sets LAB_KVER LAB_KROOT LAB_VMLINUZ, downloading and unpacking the kernel when not cached.
@@ -235,16 +249,19 @@ _lab_module_closure() {
 
 # Sets LAB_INITRD, building the initramfs when the init script or module list changed.
 lab_build_initramfs() {
-    local modlist hash out tmp path i
-    modlist=$(_lab_module_closure)
+    local wanted modlist hash out tmp path i
+    # Key: kernel, wanted modules, init script, busybox and this file (the closure logic).
+    # Computing the closure (one modprobe per module) is only needed when the key is new.
+    wanted=$(_lab_wanted_modules)
     hash=$( {
-        printf '%s\n' "$LAB_KVER" "$modlist"
-        cat "$LAB_DIR_HOST/guest-init"
+        printf '%s\n' "$LAB_KVER" "$wanted"
+        cat "$LAB_DIR_HOST/guest-init" "${BASH_SOURCE[0]}"
         sha256sum /bin/busybox
     } | sha256sum | cut -c1-16)
     out="$LAB_CACHE/initrd/initrd-$LAB_KVER-$hash.cpio.gz"
     if [[ ! -f "$out" ]]; then
         lab_log "building initramfs $out"
+        modlist=$(_lab_module_closure)
         mkdir -p "$LAB_CACHE/initrd"
         tmp=$(mktemp -d "$LAB_CACHE/tmp.initrd.XXXXXX")
         mkdir -p "$tmp/root/bin" "$tmp/root/sbin" "$tmp/root/lib/modules" "$tmp/root/proc" \
@@ -262,15 +279,16 @@ lab_build_initramfs() {
         done <<<"$modlist"
         (cd "$tmp/root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) |
             gzip -1 >"$tmp/initrd.cpio.gz"
+        sed 's#.*/##; s#\.ko.*##' <<<"$modlist" >"$out.modules"
         mv "$tmp/initrd.cpio.gz" "$out"
         rm -rf "$tmp"
         # Old initramfs images for this kernel are garbage now.
-        find "$LAB_CACHE/initrd" -name "initrd-$LAB_KVER-*.cpio.gz" ! -name "$(basename "$out")" \
+        find "$LAB_CACHE/initrd" -name "initrd-$LAB_KVER-*.cpio.gz*" ! -name "$(basename "$out")*" \
             -mmin +60 -delete 2>/dev/null || true
     fi
     LAB_INITRD=$out
     # shellcheck disable=SC2034 # read by the scripts that source this file
-    LAB_MODULES=$(sed 's#.*/##; s#\.ko.*##' <<<"$modlist" | tr '\n' ' ')
+    LAB_MODULES=$(tr '\n' ' ' <"$out.modules" 2>/dev/null || true)
 }
 
 # Everything a boot needs. Serialised with a lock: several runs may start at once.
@@ -283,6 +301,15 @@ lab_setup() {
     lab_build_initramfs
     flock -u "$_lab_lock_fd"
     exec {_lab_lock_fd}>&-
+}
+
+# lab_guest_visible PATH: true when the guest sees the host's PATH (the guest mounts fresh
+# tmpfs over /tmp, /run, /var/tmp and its own /proc /sys /dev).
+lab_guest_visible() {
+    case "$1" in
+    /tmp | /tmp/* | /run | /run/* | /var/tmp | /var/tmp/* | /proc/* | /sys/* | /dev/*) return 1 ;;
+    *) return 0 ;;
+    esac
 }
 
 # Quotes one word for a POSIX shell.
@@ -327,6 +354,12 @@ lab_write_job() {
         printf 'cd %s || exit 125\n' "$(_lab_shquote "$cwd")"
         printf 'exec sh -c %s\n' "$(_lab_shquote "exec $cmdline")"
     } >"$dir/job.sh"
+}
+
+# lab_node_mac INDEX [NIC]: a stable, locally administered MAC for NIC (default 0) of node
+# INDEX, for the `-device virtio-net-pci,…,mac=` of a multi-node lab.
+lab_node_mac() {
+    printf '52:54:00:1a:%02x:%02x\n' "$1" "${2:-0}"
 }
 
 # lab_boot NAME DIR TIMEOUT [EXTRA_QEMU_ARGS…]: starts a guest in the background.
@@ -402,6 +435,10 @@ lab_stream() {
     _LAB_TAIL_OUT=$!
     tail -q -n +1 -s 0.2 --pid="$pid" -f "$dir/stderr" >&2 &
     _LAB_TAIL_ERR=$!
+    if [[ -n "${LAB_CONSOLE:-}" ]]; then
+        # Debugging aid: the guest's serial console too, prefixed.
+        tail -q -n +1 -s 0.2 --pid="$pid" -f "$dir/console.log" | sed -u 's/^/console| /' >&2 &
+    fi
 }
 
 lab_stream_end() {
@@ -420,8 +457,10 @@ lab_collect_artifacts() {
         cp -a "$dir/artifacts/." "$LAB_ARTIFACTS_OUT/"
         lab_log "artifacts copied to $LAB_ARTIFACTS_OUT"
     else
-        LAB_KEEP=1
-        lab_log "artifacts left in $dir/artifacts (set LAB_ARTIFACTS_OUT to copy them elsewhere)"
+        local keep
+        keep=$(mktemp -d "${TMPDIR:-/tmp}/ipvs-lab-artifacts.XXXXXX")
+        cp -a "$dir/artifacts/." "$keep/"
+        lab_log "artifacts are in $keep (set LAB_ARTIFACTS_OUT to choose the directory)"
     fi
 }
 
