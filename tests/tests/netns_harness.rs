@@ -4,11 +4,12 @@
 
 use lab_tests::{NetnsCase, in_fresh_netns, run, sh};
 
+/// `net:[inode]` of the calling thread's network namespace.
 fn netns_of_this_thread() -> String {
-    std::fs::read_link("/proc/thread-self/ns/net")
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    std::fs::read_link("/proc/thread-self/ns/net").map_or_else(
+        |e| format!("unreadable /proc/thread-self/ns/net: {e}"),
+        |p| p.to_string_lossy().into_owned(),
+    )
 }
 
 #[test]
