@@ -381,7 +381,9 @@ async fn matrix_case(h: &mut IpvsHandle, kind: Kind, family: AddressFamily, sche
     // Change: weights, a threshold, and a forwarding method.
     let mut changed = dests[0].clone();
     changed.weight = 9;
+    // Thresholds off: the kernel refuses (ERANGE) a lower threshold above the upper one.
     changed.upper_threshold = 0;
+    changed.lower_threshold = 0;
     let mut gre = dests[3].clone();
     gre.forward = ForwardMethod::Tunnel {
         kind: TunnelType::Gre,
