@@ -15,7 +15,7 @@
 
 mod build;
 mod diagnostics;
-mod manifests;
+pub mod manifests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -45,7 +45,7 @@
 //! | 15 | IPVS scheduler (mh gets `mh-port`) | `scheduler-mh` |
 //! | 19 | TCP / UDP / SCTP (SCTP NodePort hash set) | `protocols-udp-sctp` |
 //! | 20 | IPv4 / IPv6 / dual-stack (`KUBE-6-` sets, `::1/128`) | `dual-stack`, `ipv6-only` |
-//! | 21 | Masquerade rules (mark bit, `--random-fully`, detectors, masquerade-all) | `masquerade-all`, `detect-local-none`, `detect-local-bridge`, `detect-local-node-cidr`, `masquerade-bit-no-random-fully` |
+//! | 21 | Masquerade rules (mark bit, `--random-fully`, detectors, masquerade-all) | `masquerade-all`, `detect-local-none`, `detect-local-bridge`, `detect-local-interface-prefix`, `detect-local-node-cidr`, `masquerade-bit-no-random-fully` |
 //! | 22 | Hairpin (`KUBE-LOOP-BACK` for local endpoints) | `clusterip-basic`, `examples` |
 //! | 23 | `KUBE-IPVS-FILTER` / `KUBE-IPVS-IPS` | every case (`clusterip-basic`) |
 //! | 24 | `KUBE-FORWARD` | every case (`clusterip-basic`) |
@@ -67,7 +67,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink::ipset::Member;
-use netlink::ipvs::{Destination, Service as IpvsService, ServiceFlags, ServiceKey, Table};
+use netlink::ipvs::{
+    Destination, Service as IpvsService, ServiceFlags, ServiceKey, Table, VirtualServer,
+};
 use netlink::{AddressFamily, Protocol};
 
 use crate::model::{
@@ -263,9 +265,9 @@ struct FamilyPlanner<'a> {
 }
 
 /// The per-family state being filled.
-struct Output {
+struct Output<'m> {
     table: Table,
-    owners: BTreeMap<ServiceKey, ServicePortName>,
+    owners: BTreeMap<ServiceKey, &'m ServicePortName>,
     bind: BTreeSet<IpAddr>,
     sets: IpSets,
     lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
@@ -273,7 +275,7 @@ struct Output {
     diagnostics: Vec<Diagnostic>,
 }
 
-impl FamilyPlanner<'_> {
+impl<'a> FamilyPlanner<'a> {
     fn of_family(&self, ip: &IpAddr) -> bool {
         AddressFamily::of(ip) == self.family
     }
@@ -444,13 +446,13 @@ impl FamilyPlanner<'_> {
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     fn plan_port(
         &self,
-        svc: &Service,
-        port: &ServicePort,
+        svc: &'a Service,
+        port: &'a ServicePort,
         cluster_ip: IpAddr,
         node_addresses: &[IpAddr],
         node_port_addresses: &[IpAddr],
         primary_ip: Option<IpAddr>,
-        out: &mut Output,
+        out: &mut Output<'a>,
     ) {
         let family = self.family;
         let spn = &port.name;
@@ -483,7 +485,7 @@ impl FamilyPlanner<'_> {
             .collect();
         let node_port = port
             .node_port
-            .filter(|_| !self.lost_node_ports.contains(spn));
+            .filter(|_| self.lost_node_ports.is_empty() || !self.lost_node_ports.contains(spn));
 
         // Per-family accessibility, as upstream's ServicePort.ExternallyAccessible().
         let accessible = node_port.is_some() || !lb_ips.is_empty() || !external_ips.is_empty();
@@ -496,16 +498,16 @@ impl FamilyPlanner<'_> {
             &self.config.node_name,
             self.zone,
         );
-        let select = |only_local: bool| -> Vec<&Endpoint> {
-            let cluster = || cat.cluster.clone().unwrap_or_default();
+        let cluster: &[&Endpoint] = cat.cluster.as_deref().unwrap_or_default();
+        let select = |only_local: bool| -> &[&Endpoint] {
             if !only_local {
-                cluster()
+                cluster
             } else if !cat.local.is_empty() {
-                cat.local.clone()
+                &cat.local
             } else {
                 match self.config.local_policy_fallback {
-                    LocalPolicyFallback::ClusterEndpoints => cluster(),
-                    LocalPolicyFallback::Strict => Vec::new(),
+                    LocalPolicyFallback::ClusterEndpoints => cluster,
+                    LocalPolicyFallback::Strict => &[],
                 }
             }
         };
@@ -521,7 +523,7 @@ impl FamilyPlanner<'_> {
         if self.config.scheduler.as_str() == "mh" {
             flags |= ServiceFlags::SCHED2;
         }
-        let add_vs = |out: &mut Output, addr: IpAddr, vport: u16, dests: &[&Endpoint]| {
+        let add_vs = |out: &mut Output<'a>, addr: IpAddr, vport: u16, dests: &[&Endpoint]| {
             let key = ServiceKey::Inet {
                 protocol,
                 addr,
@@ -530,24 +532,25 @@ impl FamilyPlanner<'_> {
             if let Some(kept) = out.owners.get(&key) {
                 // The same port reaching one VS twice (an LB IP that is also an external
                 // IP) is one VS with the same real servers: nothing to report.
-                if kept != spn {
+                if *kept != spn {
                     out.diagnostics.push(Diagnostic::VirtualServerClash {
                         virtual_server: key.to_string(),
-                        kept: kept.clone(),
+                        kept: (*kept).clone(),
                         lost: spn.clone(),
                     });
                 }
                 return false;
             }
-            out.owners.insert(key, spn.clone());
+            out.owners.insert(key, spn);
             let mut service = IpvsService::new(key, self.config.scheduler.clone());
             service.flags = ServiceFlags(flags);
             service.timeout = timeout;
-            let vs = out.table.upsert_service(service);
-            for e in dests {
+            let mut vs = VirtualServer::new(service);
+            vs.destinations.extend(dests.iter().map(|e| {
                 let d = Destination::masq(e.addr, e.port);
-                vs.destinations.insert(d.key(), d);
-            }
+                (d.key(), d)
+            }));
+            out.table.services.insert(key, vs);
             true
         };
 
@@ -569,7 +572,7 @@ impl FamilyPlanner<'_> {
         let ip_port = |ip: IpAddr, port: u16| Member::IpPort { ip, protocol, port };
         out.sets
             .insert(SetName::ClusterIp, ip_port(cluster_ip, port.port));
-        if add_vs(out, cluster_ip, port.port, &internal) {
+        if add_vs(out, cluster_ip, port.port, internal) {
             out.bind.insert(cluster_ip);
         }
 
@@ -581,7 +584,7 @@ impl FamilyPlanner<'_> {
                 SetName::ExternalIp
             };
             out.sets.insert(set, ip_port(ip, port.port));
-            if add_vs(out, ip, port.port, &external) && !is_node_address(&ip) {
+            if add_vs(out, ip, port.port, external) && !is_node_address(&ip) {
                 out.bind.insert(ip);
             }
         }
@@ -623,7 +626,7 @@ impl FamilyPlanner<'_> {
                     out.lb_no_node_access.push((ip, protocol, port.port));
                 }
             }
-            if add_vs(out, ip, port.port, &external) && !is_node_address(&ip) {
+            if add_vs(out, ip, port.port, external) && !is_node_address(&ip) {
                 out.bind.insert(ip);
             }
         }
@@ -652,7 +655,7 @@ impl FamilyPlanner<'_> {
                 }
             }
             for ip in node_port_addresses {
-                add_vs(out, *ip, np, &external);
+                add_vs(out, *ip, np, external);
             }
         }
     }
