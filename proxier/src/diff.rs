@@ -6,11 +6,15 @@
 //! (`--ipvs-exclude-cidrs`). Firewall-mark services have no address; kube-proxy never creates
 //! them, so they are left alone (deleting an operator's fwmark service would be a surprise).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink::AddressFamily;
+use netlink::ipset::{Member, SetSpec};
 use netlink::ipvs::{Operation, ServiceKey, Table, VirtualServer};
+
+use crate::plan::IpSets;
 
 /// Which virtual servers found in the kernel belong to us.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,13 +28,93 @@ pub struct Ownership {
 impl Ownership {
     fn owns(&self, key: &ServiceKey) -> bool {
         match key {
-            ServiceKey::Inet { addr, .. } => {
-                self.families.contains(&key.family())
-                    && !self.exclude.iter().any(|net| net.contains(addr))
-            }
+            ServiceKey::Inet { addr, .. } => self.owns_address(addr),
             ServiceKey::Fwmark { .. } => false,
         }
     }
+
+    /// Whether an address (a VIP on the dummy link, a virtual server's address) is ours to
+    /// remove: of a managed family and outside every excluded CIDR.
+    pub fn owns_address(&self, addr: &IpAddr) -> bool {
+        self.families.contains(&AddressFamily::of(addr))
+            && !self.exclude.iter().any(|net| net.contains(addr))
+    }
+}
+
+/// Addresses to bind on and unbind from the dummy link (`kube-ipvs0`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipChanges {
+    /// Desired and not bound, sorted.
+    pub bind: Vec<IpAddr>,
+    /// Bound, not desired, ours (managed family, not excluded), sorted. IPv6 link-local
+    /// addresses are the kernel's, never ours.
+    pub unbind: Vec<IpAddr>,
+}
+
+impl VipChanges {
+    pub fn is_empty(&self) -> bool {
+        self.bind.is_empty() && self.unbind.is_empty()
+    }
+}
+
+/// The bind/unbind difference between the desired VIPs and the addresses found on the link.
+pub fn vip_changes(
+    desired: &BTreeSet<IpAddr>,
+    bound: &[IpAddr],
+    ownership: &Ownership,
+) -> VipChanges {
+    let bound: BTreeSet<IpAddr> = bound.iter().copied().collect();
+    let link_local = |ip: &IpAddr| match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    VipChanges {
+        bind: desired.difference(&bound).copied().collect(),
+        unbind: bound
+            .difference(desired)
+            .filter(|ip| ownership.owns_address(ip) && !link_local(ip))
+            .copied()
+            .collect(),
+    }
+}
+
+/// What one ipset needs: creating (it does not exist), members to delete, members to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub spec: SetSpec,
+    pub create: bool,
+    /// Sorted.
+    pub del: Vec<Member>,
+    /// Sorted.
+    pub add: Vec<Member>,
+}
+
+/// The changes that make every set of `desired` exist with exactly its members. `observed`
+/// maps the name of each existing set to its members; sets that need nothing are left out.
+pub fn ipset_changes(
+    desired: &IpSets,
+    observed: &BTreeMap<String, BTreeSet<Member>>,
+) -> Vec<SetChange> {
+    desired
+        .iter()
+        .filter_map(|(spec, want)| {
+            let change = match observed.get(&spec.name) {
+                None => SetChange {
+                    create: true,
+                    del: Vec::new(),
+                    add: want.iter().copied().collect(),
+                    spec,
+                },
+                Some(have) => SetChange {
+                    create: false,
+                    del: have.difference(want).copied().collect(),
+                    add: want.difference(have).copied().collect(),
+                    spec,
+                },
+            };
+            (change.create || !change.del.is_empty() || !change.add.is_empty()).then_some(change)
+        })
+        .collect()
 }
 
 /// The operations that make `observed` equal `desired` for every service we own, in an order
@@ -113,7 +197,10 @@ mod tests {
         }
     }
 
-    fn table(entries: &[(ServiceKey, &[(&str, u16, u32)])]) -> Table {
+    /// A service key with its real servers as `(address, port, weight)`.
+    type Entry<'a> = (ServiceKey, &'a [(&'a str, u16, u32)]);
+
+    fn table(entries: &[Entry<'_>]) -> Table {
         let mut t = Table::default();
         for (k, dests) in entries {
             let vs = t.upsert_service(Service::new(*k, Scheduler::rr()));
@@ -174,6 +261,65 @@ mod tests {
                 Operation::AddDestination(k, Destination::masq(ip("10.0.0.3"), 80)),
             ]
         );
+    }
+
+    #[test]
+    fn vips_are_bound_and_only_owned_stale_ones_unbound() {
+        let desired: BTreeSet<IpAddr> = [ip("10.96.0.1"), ip("10.96.0.2")].into();
+        let bound = [
+            ip("10.96.0.2"),
+            ip("10.96.0.9"),
+            ip("192.0.2.7"),
+            ip("fd00::9"),
+        ];
+        assert_eq!(
+            vip_changes(&desired, &bound, &v4_only()),
+            VipChanges {
+                bind: vec![ip("10.96.0.1")],
+                unbind: vec![ip("10.96.0.9")],
+            }
+        );
+        let bound: Vec<IpAddr> = desired.iter().copied().collect();
+        assert!(vip_changes(&desired, &bound, &v4_only()).is_empty());
+    }
+
+    #[test]
+    fn ipsets_missing_sets_are_created_and_members_diffed() {
+        use crate::plan::SetName;
+        let mut want = IpSets::new(AddressFamily::Inet);
+        let a = Member::Ip(ip("10.96.0.1"));
+        let b = Member::Ip(ip("10.96.0.2"));
+        let c = Member::Ip(ip("10.96.0.3"));
+        want.insert(SetName::IpvsIps, a);
+        want.insert(SetName::IpvsIps, b);
+        // Every set exists and matches except KUBE-IPVS-IPS (b missing, c extra) and
+        // KUBE-CLUSTER-IP (missing, empty).
+        let mut observed: BTreeMap<String, BTreeSet<Member>> = want
+            .iter()
+            .map(|(spec, m)| (spec.name, m.clone()))
+            .collect();
+        observed.insert("KUBE-IPVS-IPS".into(), [a, c].into());
+        observed.remove("KUBE-CLUSTER-IP");
+        assert_eq!(
+            ipset_changes(&want, &observed),
+            vec![
+                SetChange {
+                    spec: SetName::ClusterIp.spec(AddressFamily::Inet),
+                    create: true,
+                    del: vec![],
+                    add: vec![],
+                },
+                SetChange {
+                    spec: SetName::IpvsIps.spec(AddressFamily::Inet),
+                    create: false,
+                    del: vec![c],
+                    add: vec![b],
+                },
+            ]
+        );
+        observed.insert("KUBE-IPVS-IPS".into(), [a, b].into());
+        observed.insert("KUBE-CLUSTER-IP".into(), BTreeSet::new());
+        assert_eq!(ipset_changes(&want, &observed), vec![]);
     }
 
     #[test]

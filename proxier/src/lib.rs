@@ -8,3 +8,4 @@ pub mod dataplane;
 pub mod diff;
 pub mod model;
 pub mod plan;
+pub mod sync;

@@ -191,6 +191,14 @@ pub struct ApplyReport {
     pub duplicates_removed: usize,
 }
 
+/// What [`Iptables::sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Whether an `iptables-restore` ran (false: everything was already so).
+    pub restored: bool,
+    pub report: ApplyReport,
+}
+
 /// Output of a finished command.
 struct Output {
     stdout: String,
@@ -323,6 +331,27 @@ impl Iptables {
             })),
             Err(e) => Err(e),
         }
+    }
+
+    /// Like [`Iptables::apply`], but skips the restore when the chains of `rules` already
+    /// hold exactly those rules (compared canonically, see [`super::canon`]) and no jump rule
+    /// is missing or duplicated: one `iptables-save`, and a restore only for a change.
+    pub fn sync(&self, rules: &str) -> Result<SyncOutcome, IptablesError> {
+        let saved = self.save(None)?;
+        let (input, report) = with_jump_rules(rules, &saved);
+        if report == ApplyReport::default()
+            && super::canon::chains_up_to_date(self.family, rules, &saved)
+        {
+            return Ok(SyncOutcome {
+                restored: false,
+                report,
+            });
+        }
+        self.restore(&input)?;
+        Ok(SyncOutcome {
+            restored: true,
+            report,
+        })
     }
 
     /// Applies the planner's restore input plus whatever jump rules are missing, with one

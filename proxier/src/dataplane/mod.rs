@@ -3,5 +3,7 @@
 //! ensures the kernel knobs IPVS mode needs. Links, addresses, ipsets and IPVS go through the
 //! `netlink` crate's handles.
 
+pub mod canon;
 pub mod iptables;
+pub mod kernel;
 pub mod sysctl;

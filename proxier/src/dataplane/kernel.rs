@@ -1,0 +1,428 @@
+//! The kernel as the sync engine sees it: one [`Kernel`] owns the IPVS, rtnetlink and ipset
+//! sockets, the iptables tools of each family and the sysctl root. It observes the node's
+//! state in as few reads as the protocols allow and applies changes decided elsewhere (the
+//! pure `diff` and `sync` modules), with the batch APIs, counting every write by kind.
+//!
+//! A failure of one object (a virtual server, a VIP, a set, a family's restore) is logged with
+//! the object's name and recorded as a [`Failure`]; it never stops the other objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use netlink::AddressFamily;
+use netlink::ipset::{IpsetError, IpsetHandle, Member, SetType};
+use netlink::ipvs::{
+    DestinationKey, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
+};
+use netlink::link::{LinkError, Links, LocalAddress};
+
+use super::iptables::{BackendChoice, Iptables, IptablesError};
+use super::sysctl::{SysctlError, Sysctls};
+use crate::diff::SetChange;
+
+/// A failure that leaves the kernel unobservable or unusable (as opposed to the failure of
+/// one object, which is a [`Failure`]).
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("IPVS: {0}")]
+    Ipvs(#[from] IpvsError),
+    #[error("links: {0}")]
+    Link(#[from] LinkError),
+    #[error("ipset: {0}")]
+    Ipset(#[from] IpsetError),
+    #[error("iptables ({}): {source}", family_name(*.family))]
+    Iptables {
+        family: AddressFamily,
+        #[source]
+        source: IptablesError,
+    },
+    #[error("sysctl: {0}")]
+    Sysctl(#[from] SysctlError),
+}
+
+/// `IPv4` or `IPv6`, as kube-proxy names families.
+pub const fn family_name(family: AddressFamily) -> &'static str {
+    match family {
+        AddressFamily::Inet => "IPv4",
+        AddressFamily::Inet6 => "IPv6",
+    }
+}
+
+/// One object that could not be written, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What was being done to which object, e.g. `add real server 10.0.0.2:80 to
+    /// 10.96.0.1:80/TCP`, `bind 10.96.0.1 on kube-ipvs0`, `ipset add KUBE-CLUSTER-IP`.
+    pub object: String,
+    pub error: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.error)
+    }
+}
+
+/// Successful kernel writes of one sync, by kind. Reads are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    pub sysctls: usize,
+    pub links_created: usize,
+    pub addresses_bound: usize,
+    pub addresses_unbound: usize,
+    pub sets_created: usize,
+    pub set_members_added: usize,
+    pub set_members_deleted: usize,
+    pub iptables_restores: usize,
+    pub services_added: usize,
+    pub services_updated: usize,
+    pub services_deleted: usize,
+    pub real_servers_added: usize,
+    pub real_servers_updated: usize,
+    pub real_servers_deleted: usize,
+}
+
+impl WriteCounts {
+    pub fn total(&self) -> usize {
+        self.sysctls
+            + self.links_created
+            + self.addresses_bound
+            + self.addresses_unbound
+            + self.sets_created
+            + self.set_members_added
+            + self.set_members_deleted
+            + self.iptables_restores
+            + self.services_added
+            + self.services_updated
+            + self.services_deleted
+            + self.real_servers_added
+            + self.real_servers_updated
+            + self.real_servers_deleted
+    }
+
+    fn count_ipvs(&mut self, op: &Operation) {
+        match op {
+            Operation::AddService(_) => self.services_added += 1,
+            Operation::UpdateService(_) => self.services_updated += 1,
+            Operation::DeleteService(_) => self.services_deleted += 1,
+            Operation::AddDestination(..) => self.real_servers_added += 1,
+            Operation::UpdateDestination(..) => self.real_servers_updated += 1,
+            Operation::DeleteDestination(..) => self.real_servers_deleted += 1,
+        }
+    }
+}
+
+impl fmt::Display for WriteCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} writes: sysctls={} links={} bind={} unbind={} sets-created={} set-add={} \
+             set-del={} iptables-restores={} vs-add={} vs-update={} vs-del={} rs-add={} \
+             rs-update={} rs-del={}",
+            self.total(),
+            self.sysctls,
+            self.links_created,
+            self.addresses_bound,
+            self.addresses_unbound,
+            self.sets_created,
+            self.set_members_added,
+            self.set_members_deleted,
+            self.iptables_restores,
+            self.services_added,
+            self.services_updated,
+            self.services_deleted,
+            self.real_servers_added,
+            self.real_servers_updated,
+            self.real_servers_deleted
+        )
+    }
+}
+
+/// What a sync's writes did: counts of what succeeded, and what failed by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub writes: WriteCounts,
+    pub failures: Vec<Failure>,
+}
+
+impl Outcome {
+    fn fail(&mut self, object: String, error: impl fmt::Display) {
+        let error = error.to_string();
+        tracing::warn!(object = %object, error = %error, "kernel write failed");
+        self.failures.push(Failure { object, error });
+    }
+}
+
+/// A real server's connection counters, as IPVS reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+/// The node's state, read at the start of a sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every virtual server with its real servers (all families; ownership is the diff's job).
+    pub ipvs: Table,
+    /// Connection counters of every real server.
+    pub connections: BTreeMap<(ServiceKey, DestinationKey), Connections>,
+    /// The dummy link's index, when it exists.
+    pub dummy_index: Option<u32>,
+    /// Addresses on the dummy link.
+    pub bound: Vec<IpAddr>,
+    /// Every other address of the node.
+    pub node_addresses: Vec<LocalAddress>,
+    /// Members of each of the asked-for sets that exists.
+    pub ipsets: BTreeMap<String, BTreeSet<Member>>,
+}
+
+/// Handles on the node's kernel. Its sockets live in the network namespace of the thread
+/// that called [`Kernel::open`].
+#[derive(Debug)]
+pub struct Kernel {
+    ipvs: IpvsHandle,
+    links: Links,
+    ipset: IpsetHandle,
+    iptables: Vec<Iptables>,
+    sysctls: Sysctls,
+    dummy: String,
+}
+
+/// How to reach the kernel.
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    pub families: Vec<AddressFamily>,
+    pub iptables_backend: BackendChoice,
+    /// `/proc/sys` on a real node.
+    pub sysctl_root: PathBuf,
+    /// `kube-ipvs0`.
+    pub dummy: String,
+}
+
+impl Kernel {
+    /// Opens every handle (needs a tokio runtime) and detects each family's iptables.
+    pub async fn open(options: &KernelOptions) -> Result<Self, KernelError> {
+        let ipvs = IpvsHandle::connect().await?;
+        let links = Links::new()?;
+        let ipset = IpsetHandle::new()?;
+        let iptables = options
+            .families
+            .iter()
+            .map(|&family| {
+                Iptables::detect(family, options.iptables_backend)
+                    .map_err(|source| KernelError::Iptables { family, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            ipvs,
+            links,
+            ipset,
+            iptables,
+            sysctls: Sysctls::new(options.sysctl_root.clone()),
+            dummy: options.dummy.clone(),
+        })
+    }
+
+    /// Whether every family's iptables supports `MASQUERADE --random-fully`.
+    pub fn random_fully(&self) -> bool {
+        self.iptables.iter().all(Iptables::has_random_fully)
+    }
+
+    /// The dummy link's name.
+    pub fn dummy(&self) -> &str {
+        &self.dummy
+    }
+
+    /// Sets the sysctls IPVS mode needs (only those that differ).
+    pub fn ensure_sysctls(&self, strict_arp: bool, out: &mut Outcome) -> Result<(), KernelError> {
+        out.writes.sysctls += self.sysctls.ensure_ipvs(strict_arp)?.len();
+        Ok(())
+    }
+
+    /// Reads the state: one IPVS service dump plus one real-server dump per virtual server
+    /// (the protocol has no "all real servers" dump), one link lookup, one address dump, one
+    /// ipset name listing plus one listing per set of `sets` that exists.
+    pub async fn observe(&mut self, sets: &[String]) -> Result<Observed, KernelError> {
+        let mut observed = Observed::default();
+        for entry in self.ipvs.dump_services().await? {
+            let key = entry.service.key;
+            let mut vs = VirtualServer::new(entry.service);
+            for d in self.ipvs.dump_destinations(&key).await? {
+                let dkey = d.destination.key();
+                observed.connections.insert(
+                    (key, dkey),
+                    Connections {
+                        active: d.active_conns,
+                        inactive: d.inactive_conns,
+                    },
+                );
+                vs.destinations.insert(dkey, d.destination);
+            }
+            observed.ipvs.services.insert(key, vs);
+        }
+
+        observed.dummy_index = self.links.index_of(&self.dummy).await?;
+        let addresses = self.links.addresses().await?;
+        for a in addresses {
+            if Some(a.ifindex) == observed.dummy_index {
+                observed.bound.push(a.addr);
+            } else {
+                observed.node_addresses.push(a);
+            }
+        }
+
+        let existing: BTreeSet<String> = self.ipset.list_names()?.into_iter().collect();
+        for name in sets.iter().filter(|n| existing.contains(*n)) {
+            let listing = self.ipset.list(name)?;
+            observed
+                .ipsets
+                .insert(name.clone(), listing.members.into_iter().collect());
+        }
+        Ok(observed)
+    }
+
+    /// Creates the dummy link if `index` is `None`; returns its index.
+    pub async fn ensure_dummy(&self, index: Option<u32>, out: &mut Outcome) -> Option<u32> {
+        if index.is_some() {
+            return index;
+        }
+        match self.links.ensure_dummy(&self.dummy).await {
+            Ok(i) => {
+                out.writes.links_created += 1;
+                tracing::info!(link = %self.dummy, ifindex = i, "created dummy link");
+                Some(i)
+            }
+            Err(e) => {
+                out.fail(format!("create link {}", self.dummy), e);
+                None
+            }
+        }
+    }
+
+    /// Binds each address (host prefix) on the dummy link.
+    pub async fn bind(&self, ifindex: u32, addrs: &[IpAddr], out: &mut Outcome) {
+        for addr in addrs {
+            match self.links.bind(ifindex, *addr).await {
+                Ok(true) => out.writes.addresses_bound += 1,
+                Ok(false) => {}
+                Err(e) => out.fail(format!("bind {addr} on {}", self.dummy), e),
+            }
+        }
+    }
+
+    /// Removes each address from the dummy link.
+    pub async fn unbind(&self, ifindex: u32, addrs: &[IpAddr], out: &mut Outcome) {
+        for addr in addrs {
+            match self.links.unbind(ifindex, *addr).await {
+                Ok(true) => out.writes.addresses_unbound += 1,
+                Ok(false) => {}
+                Err(e) => out.fail(format!("unbind {addr} from {}", self.dummy), e),
+            }
+        }
+    }
+
+    /// Applies set changes: create, then one delete batch, then one add batch per set.
+    /// Returns the names of the sets that could not be created.
+    pub fn apply_ipsets(&mut self, changes: &[SetChange], out: &mut Outcome) -> Vec<String> {
+        let mut missing = Vec::new();
+        for c in changes {
+            let name = &c.spec.name;
+            if c.create {
+                match self.ipset.create(&c.spec) {
+                    Ok(()) => out.writes.sets_created += 1,
+                    Err(e) => {
+                        out.fail(format!("ipset create {name}"), e);
+                        missing.push(name.clone());
+                        continue;
+                    }
+                }
+            }
+            if !c.del.is_empty() {
+                let failed = member_batch(&mut self.ipset, "del", name, c.spec.kind, &c.del, out);
+                out.writes.set_members_deleted += c.del.len() - failed;
+            }
+            if !c.add.is_empty() {
+                let failed = member_batch(&mut self.ipset, "add", name, c.spec.kind, &c.add, out);
+                out.writes.set_members_added += c.add.len() - failed;
+            }
+        }
+        missing
+    }
+
+    /// One `iptables-save` and, when the rules differ, one `iptables-restore` for `family`.
+    /// Returns whether the family's rules are in place.
+    pub fn apply_iptables(&self, family: AddressFamily, rules: &str, out: &mut Outcome) -> bool {
+        let Some(ipt) = self.iptables.iter().find(|i| i.family() == family) else {
+            out.fail(
+                format!("iptables-restore {}", family_name(family)),
+                "no iptables for this family",
+            );
+            return false;
+        };
+        match ipt.sync(rules) {
+            Ok(o) => {
+                if o.restored {
+                    out.writes.iptables_restores += 1;
+                }
+                if !o.report.jumps_added.is_empty() || o.report.duplicates_removed > 0 {
+                    tracing::info!(
+                        family = family_name(family),
+                        jumps_added = o.report.jumps_added.len(),
+                        duplicates_removed = o.report.duplicates_removed,
+                        "repaired jump rules"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                out.fail(format!("iptables-restore {}", family_name(family)), e);
+                false
+            }
+        }
+    }
+
+    /// Applies IPVS operations in one batch (chunked by the handle), in order.
+    pub async fn apply_ipvs(&mut self, ops: &[Operation], out: &mut Outcome) {
+        if ops.is_empty() {
+            return;
+        }
+        let results = self.ipvs.apply(ops).await;
+        for (op, result) in ops.iter().zip(results) {
+            match result {
+                Ok(()) => out.writes.count_ipvs(op),
+                Err(e) => out.fail(op.describe(), e),
+            }
+        }
+    }
+}
+
+/// One add or delete batch; returns how many members failed (each recorded by name).
+fn member_batch(
+    ipset: &mut IpsetHandle,
+    op: &'static str,
+    set: &str,
+    kind: SetType,
+    members: &[Member],
+    out: &mut Outcome,
+) -> usize {
+    let result = match op {
+        "del" => ipset.del(set, kind, members),
+        _ => ipset.add(set, kind, members),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(IpsetError::Elements { failures, .. }) => {
+            for f in &failures {
+                out.fail(format!("ipset {op} {set} {}", f.element), &f.message);
+            }
+            failures.len().min(members.len())
+        }
+        Err(e) => {
+            out.fail(format!("ipset {op} {set}"), e);
+            members.len()
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The sync engine: observe the kernel, plan, diff, apply.
+//!
+//! One sync ([`Syncer::sync`]) is:
+//!
+//! 1. ensure the sysctls (written only when they differ);
+//! 2. **observe** ([`Kernel::observe`]): the IPVS table, the dummy link's addresses and the
+//!    node's addresses from one address dump, the members of our ipsets, and (per family,
+//!    inside the iptables step) one `iptables-save`;
+//! 3. **plan** (pure, [`crate::plan::plan_objects`]) with the observed node addresses;
+//! 4. **decide** (pure, [`decide`]): the dummy link, VIPs to bind and unbind, set changes,
+//!    each family's restore input, IPVS operations and stale virtual servers;
+//! 5. **apply**, in kube-proxy's order: dummy link, bind VIPs, ipsets, one iptables restore
+//!    per family (skipped when the chains already hold the rules), the IPVS batch, then
+//!    unbind stale VIPs and delete stale virtual servers; both only for families whose
+//!    iptables step succeeded (upstream returns early on a failed restore).
+//!
+//! Every write is counted by kind ([`WriteCounts`]); a failure of one object is logged with
+//! its name and reported, and never blocks the others. Nothing is cached between syncs: a
+//! fresh process over a programmed node computes the same (empty) changes as a long-lived one.
+
+pub mod cmd;
+pub mod manifests;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use netlink::AddressFamily;
+use netlink::ipvs::Operation;
+
+use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed, Outcome};
+use crate::diff::{self, Ownership, SetChange, VipChanges};
+use crate::model::manifests::Manifests;
+use crate::plan::{self, NodeFacts, Plan, PlanConfig};
+
+pub use crate::dataplane::kernel::{Failure, WriteCounts};
+
+/// What the sync engine is told besides the planner's configuration.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub plan: PlanConfig,
+    /// `--ipvs-exclude-cidrs`: virtual servers and VIPs inside are never removed.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-strict-arp`.
+    pub strict_arp: bool,
+    /// Node IPs to use instead of the kernel's addresses (`--node-ip`).
+    pub node_ips: Option<Vec<IpAddr>>,
+}
+
+impl SyncOptions {
+    pub fn ownership(&self) -> Ownership {
+        Ownership {
+            families: self.plan.families.iter().copied().collect(),
+            exclude: self.exclude_cidrs.clone(),
+        }
+    }
+}
+
+/// Why a sync could not run at all (per-object failures are in [`SyncReport::failures`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot open the kernel handles: {0}")]
+    Open(#[source] KernelError),
+    #[error("cannot ensure the IPVS sysctls: {0}")]
+    Sysctls(#[source] KernelError),
+    #[error("cannot observe the kernel state: {0}")]
+    Observe(#[source] KernelError),
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub writes: WriteCounts,
+    pub failures: Vec<Failure>,
+    /// Planner and manifest diagnostics (skipped objects).
+    pub diagnostics: usize,
+    /// Size of the desired state.
+    pub virtual_servers: usize,
+    pub real_servers: usize,
+    pub observe: Duration,
+    pub plan: Duration,
+    pub apply: Duration,
+}
+
+/// Everything one sync will change, decided from the plan and the observed state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The dummy link is missing and must be created.
+    pub create_dummy: bool,
+    pub vips: VipChanges,
+    /// Per family: the sets that need creating or members changed.
+    pub ipsets: Vec<(AddressFamily, Vec<SetChange>)>,
+    /// Per family: the `iptables-restore` input (applied only if the kernel differs).
+    pub iptables: Vec<(AddressFamily, String)>,
+    /// Virtual server adds and updates and real-server changes, in a valid order.
+    pub ipvs: Vec<Operation>,
+    /// Stale virtual servers (owned, not desired), deleted last.
+    pub stale_services: Vec<Operation>,
+}
+
+/// The node facts the planner needs: the observed addresses (or `--node-ip`), and as primary
+/// IP per family the first global address of the dump (or the given one).
+pub fn node_facts(observed: &Observed, node_ips: Option<&[IpAddr]>) -> NodeFacts {
+    if let Some(ips) = node_ips {
+        return NodeFacts {
+            addresses: ips.to_vec(),
+            primary_ips: ips.to_vec(),
+        };
+    }
+    let addresses: Vec<IpAddr> = observed.node_addresses.iter().map(|a| a.addr).collect();
+    let mut primary_ips = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        if let Some(a) = observed
+            .node_addresses
+            .iter()
+            .find(|a| !a.host_or_link_scope && AddressFamily::of(&a.addr) == family)
+        {
+            primary_ips.push(a.addr);
+        }
+    }
+    NodeFacts {
+        addresses,
+        primary_ips,
+    }
+}
+
+/// The names of every set of the planned families.
+pub fn set_names(config: &PlanConfig) -> Vec<String> {
+    config
+        .families
+        .iter()
+        .flat_map(|&f| plan::SetName::ALL.iter().map(move |s| s.name(f)))
+        .collect()
+}
+
+/// Pure: the changes that turn `observed` into `plan`.
+pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Changes {
+    let desired_vips = plan
+        .families
+        .iter()
+        .flat_map(|f| f.bind_addresses.iter().copied())
+        .collect();
+    let mut desired_ipvs = netlink::ipvs::Table::default();
+    for f in &plan.families {
+        desired_ipvs
+            .services
+            .extend(f.ipvs.services.iter().map(|(k, v)| (*k, v.clone())));
+    }
+    let (stale_services, ipvs): (Vec<Operation>, Vec<Operation>) =
+        diff::ipvs_operations(&desired_ipvs, &observed.ipvs, ownership)
+            .into_iter()
+            .partition(|op| matches!(op, Operation::DeleteService(_)));
+    Changes {
+        create_dummy: observed.dummy_index.is_none(),
+        vips: diff::vip_changes(&desired_vips, &observed.bound, ownership),
+        ipsets: plan
+            .families
+            .iter()
+            .map(|f| (f.family, diff::ipset_changes(&f.ipsets, &observed.ipsets)))
+            .collect(),
+        iptables: plan
+            .families
+            .iter()
+            .map(|f| (f.family, f.rules.to_restore_input()))
+            .collect(),
+        ipvs,
+        stale_services,
+    }
+}
+
+/// The sync engine over one kernel.
+#[derive(Debug)]
+pub struct Syncer {
+    kernel: Kernel,
+    options: SyncOptions,
+    last_plan: Option<Plan>,
+}
+
+impl Syncer {
+    /// Opens the kernel handles (needs a tokio runtime; sockets live in the calling thread's
+    /// network namespace). The planner's `random_fully` is kept only if iptables supports it.
+    pub async fn new(mut options: SyncOptions, kernel: &KernelOptions) -> Result<Self, SyncError> {
+        let kernel = Kernel::open(kernel).await.map_err(SyncError::Open)?;
+        options.plan.random_fully &= kernel.random_fully();
+        Ok(Self {
+            kernel,
+            options,
+            last_plan: None,
+        })
+    }
+
+    /// The kernel options matching `options`: its families, the default iptables backend,
+    /// `/proc/sys` and `kube-ipvs0`.
+    pub fn default_kernel_options(options: &SyncOptions) -> KernelOptions {
+        KernelOptions {
+            families: options.plan.families.clone(),
+            iptables_backend: Default::default(),
+            sysctl_root: "/proc/sys".into(),
+            dummy: "kube-ipvs0".to_owned(),
+        }
+    }
+
+    pub fn options(&self) -> &SyncOptions {
+        &self.options
+    }
+
+    /// The plan of the last sync.
+    pub fn last_plan(&self) -> Option<&Plan> {
+        self.last_plan.as_ref()
+    }
+
+    /// One full sync of `objects` into the kernel.
+    pub async fn sync(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
+        let mut out = Outcome::default();
+        let started = Instant::now();
+        self.kernel
+            .ensure_sysctls(self.options.strict_arp, &mut out)
+            .map_err(SyncError::Sysctls)?;
+        let observed = self
+            .kernel
+            .observe(&set_names(&self.options.plan))
+            .await
+            .map_err(SyncError::Observe)?;
+        let observe = started.elapsed();
+
+        let started = Instant::now();
+        let facts = node_facts(&observed, self.options.node_ips.as_deref());
+        let plan = plan::plan_objects(
+            &objects.services,
+            &objects.endpoint_slices,
+            &objects.nodes,
+            &self.options.plan,
+            &facts,
+        );
+        let ownership = self.options.ownership();
+        let changes = decide(&plan, &observed, &ownership);
+        let plan_time = started.elapsed();
+
+        let started = Instant::now();
+        self.apply(&observed, &changes, &mut out).await;
+        let apply = started.elapsed();
+
+        let report = SyncReport {
+            writes: out.writes,
+            failures: out.failures,
+            diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
+            virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
+            real_servers: plan
+                .families
+                .iter()
+                .map(|f| f.ipvs.destination_count())
+                .sum(),
+            observe,
+            plan: plan_time,
+            apply,
+        };
+        tracing::info!(
+            writes = report.writes.total(),
+            failures = report.failures.len(),
+            virtual_servers = report.virtual_servers,
+            real_servers = report.real_servers,
+            diagnostics = report.diagnostics,
+            observe_ms = observe.as_secs_f64() * 1e3,
+            plan_ms = plan_time.as_secs_f64() * 1e3,
+            apply_ms = apply.as_secs_f64() * 1e3,
+            "sync done"
+        );
+        self.last_plan = Some(plan);
+        Ok(report)
+    }
+
+    async fn apply(&mut self, observed: &Observed, changes: &Changes, out: &mut Outcome) {
+        let ifindex = self.kernel.ensure_dummy(observed.dummy_index, out).await;
+        if let Some(i) = ifindex {
+            self.kernel.bind(i, &changes.vips.bind, out).await;
+        }
+        for (_, sets) in &changes.ipsets {
+            self.kernel.apply_ipsets(sets, out);
+        }
+        let mut rules_ok: Vec<AddressFamily> = Vec::new();
+        for (family, rules) in &changes.iptables {
+            if self.kernel.apply_iptables(*family, rules, out) {
+                rules_ok.push(*family);
+            }
+        }
+        self.kernel.apply_ipvs(&changes.ipvs, out).await;
+
+        // Removals only for families whose rules are in place, as upstream.
+        let removable = |addr: &IpAddr| rules_ok.contains(&AddressFamily::of(addr));
+        if let Some(i) = ifindex {
+            let unbind: Vec<IpAddr> = changes
+                .vips
+                .unbind
+                .iter()
+                .filter(|a| removable(a))
+                .copied()
+                .collect();
+            self.kernel.unbind(i, &unbind, out).await;
+        }
+        let stale: Vec<Operation> = changes
+            .stale_services
+            .iter()
+            .filter(|op| match op {
+                Operation::DeleteService(k) => k.addr().is_some_and(|a| removable(&a)),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        self.kernel.apply_ipvs(&stale, out).await;
+    }
+}
