@@ -2,9 +2,10 @@
 //! version kubeadm writes into the `kube-system/kube-proxy` ConfigMap (`config.conf`).
 //!
 //! The structs mirror `k8s.io/kube-proxy/config/v1alpha1/types.go` field for field, with Go's
-//! zero values as serde defaults, so a file parses here exactly when kube-proxy's strict
-//! decoder accepts it: an unknown or misspelled field is an error naming its path, `null` is
-//! accepted wherever kubeadm writes it. Nothing is defaulted or validated here; that is
+//! zero values as serde defaults, and `null` accepted wherever kubeadm writes it. Unknown or
+//! misspelled fields are reported by path and dropped, not fatal: kube-proxy decodes v1alpha1
+//! strictly first and, when that fails, decodes again leniently and only logs, so a file that
+//! kube-proxy starts with must start us too (drop-in compatibility); the caller warns. Nothing is defaulted or validated here; that is
 //! [`super::resolve`]'s job, which also knows which setting each value came from.
 
 use std::collections::BTreeMap;
@@ -192,23 +193,96 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A decoded file and the fields it had that v1alpha1 does not know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub config: KubeProxyConfiguration,
+    /// Full paths such as `ipvs.strictArp`, in the order found.
+    pub unknown_fields: Vec<String>,
+}
+
+/// More unknown fields than this is not a typo but a different file format.
+const MAX_UNKNOWN_FIELDS: usize = 64;
+
 /// Parses one `KubeProxyConfiguration` document. `apiVersion` and `kind` are checked first so
 /// that a v1alpha2 file or a whole ConfigMap gets a clear error rather than a list of unknown
 /// fields.
-pub fn parse(text: &str) -> Result<KubeProxyConfiguration, ConfigError> {
-    let value: serde_yaml::Value =
+pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    let mut value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-    let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str);
-    let kind = field("kind").unwrap_or_default();
+    let field = |value: &serde_yaml::Value, name: &str| {
+        value
+            .get(name)
+            .and_then(serde_yaml::Value::as_str)
+            .map(str::to_owned)
+    };
+    let kind = field(&value, "kind").unwrap_or_default();
     if kind != KIND {
-        return Err(ConfigError::Kind(kind.to_owned()));
+        return Err(ConfigError::Kind(kind));
     }
-    match field("apiVersion").unwrap_or_default() {
+    match field(&value, "apiVersion").unwrap_or_default().as_str() {
         V1ALPHA1 => {}
         other => return Err(ConfigError::ApiVersion(other.to_owned())),
     }
-    // From the text, not the Value: serde_yaml then reports the path and line of a bad field.
-    serde_yaml::from_str(text).map_err(|e| decode_error(&e))
+    // Decode from text, not from the Value: serde_yaml then reports the path of a bad field.
+    // Each unknown field found is removed and the decode retried, like kube-proxy's lenient
+    // second pass.
+    let mut unknown_fields = Vec::new();
+    let mut current = text.to_owned();
+    loop {
+        match serde_yaml::from_str(&current) {
+            Ok(config) => {
+                return Ok(Parsed {
+                    config,
+                    unknown_fields,
+                });
+            }
+            Err(e) => match decode_error(&e) {
+                ConfigError::UnknownField { path }
+                    if unknown_fields.len() < MAX_UNKNOWN_FIELDS
+                        && remove_path(&mut value, &path) =>
+                {
+                    unknown_fields.push(path);
+                    current = serde_yaml::to_string(&value)
+                        .map_err(|e| ConfigError::Decode(e.to_string()))?;
+                }
+                other => return Err(other),
+            },
+        }
+    }
+}
+
+/// Removes the field at `path` (`a.b[2].c`) from `value`; false if there is none.
+fn remove_path(value: &mut serde_yaml::Value, path: &str) -> bool {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in segments {
+        let (name, indices) = split_indices(segment);
+        let Some(next) = node.get_mut(name) else {
+            return false;
+        };
+        node = next;
+        for index in indices {
+            let Some(next) = node.get_mut(index) else {
+                return false;
+            };
+            node = next;
+        }
+    }
+    node.as_mapping_mut().and_then(|m| m.remove(last)).is_some()
+}
+
+/// `vmodule[0]` -> (`vmodule`, [0]).
+fn split_indices(segment: &str) -> (&str, Vec<usize>) {
+    let name_end = segment.find('[').unwrap_or(segment.len());
+    let indices = segment[name_end..]
+        .split(['[', ']'])
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (&segment[..name_end], indices)
 }
 
 /// Turns serde's "unknown field `x`, expected one of ..." into the field's full path.

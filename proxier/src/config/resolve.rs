@@ -205,8 +205,16 @@ pub fn resolve(
     let (mut raw, names) = match config_text {
         Some(text) => {
             let parsed = file::parse(text)?;
+            for path in &parsed.unknown_fields {
+                warn(
+                    &mut warnings,
+                    path,
+                    "unknown field, ignored (kube-proxy's lenient v1alpha1 decoding ignores it \
+                     too): check its spelling",
+                );
+            }
             ignored_flags(cli, &mut warnings);
-            (from_file(parsed, &mut warnings), &FILE_NAMES)
+            (from_file(parsed.config, &mut warnings), &FILE_NAMES)
         }
         None => (from_flags(cli, &mut warnings), &FLAG_NAMES),
     };
