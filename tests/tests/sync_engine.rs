@@ -1,0 +1,261 @@
+//! The sync engine against the guest kernel, asserting WHOLE state after every sync: the
+//! sorted `ipvsadm -Sn` equals the plan's render, the addresses on `kube-ipvs0` equal the
+//! plan's bind set, the members of every `KUBE-*` set (`ipset save`) equal the plan's sets,
+//! and the KUBE chains of `iptables-save` hold exactly the planned rules. Scenarios: from
+//! empty, no-op resync (zero writes), restart adoption, object changes, drift repair.
+//! The objects are the example manifests (`examples/seeds.yaml`).
+
+// Test helpers outside #[test] fns: a panic there fails the test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::path::Path;
+
+use ipvs_proxier::dataplane::canon::chains_up_to_date;
+use ipvs_proxier::model::manifests::Manifests;
+use ipvs_proxier::plan::{Plan, render};
+use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
+use ipvs_proxier::sync::{SyncOptions, SyncReport, Syncer, WriteCounts, manifests};
+use lab_tests::{in_fresh_netns, ipvsadm_save, require_lab, run, sh};
+use netlink::AddressFamily;
+use netlink::ipvs::Scheduler;
+use pretty_assertions::assert_eq;
+
+fn objects() -> Manifests {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seeds.yaml");
+    manifests::load(&path).unwrap()
+}
+
+fn options() -> SyncOptions {
+    let args = CommonArgs {
+        manifests: "unused".into(),
+        node_name: Some("node-1".into()),
+        node_ips: vec![],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        scheduler: Scheduler::rr(),
+        masquerade_all: false,
+        exclude_cidrs: vec!["10.97.0.0/16".parse().unwrap()],
+        strict_arp: false,
+    };
+    sync_options(&args, "node-1".into())
+}
+
+async fn syncer() -> Syncer {
+    let opts = options();
+    let kernel = Syncer::default_kernel_options(&opts);
+    Syncer::new(opts, &kernel).await.unwrap()
+}
+
+async fn sync(s: &mut Syncer, objects: &Manifests) -> SyncReport {
+    let report = s.sync(objects).await.unwrap();
+    assert_eq!(report.failures, vec![], "{report:?}");
+    report
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// The kernel's state compared whole with `plan`; `extra_ipvs` / `extra_vips` are foreign
+/// objects expected to survive (excluded CIDRs).
+fn assert_state(plan: &Plan, extra_ipvs: &str, extra_vips: &[&str]) {
+    let want_ipvs = sorted_lines(&format!("{}{extra_ipvs}", render::ipvs(plan)));
+    assert_eq!(
+        sorted_lines(&ipvsadm_save().unwrap()),
+        want_ipvs,
+        "ipvsadm -Sn"
+    );
+
+    let vips = sh("ip -o addr show dev kube-ipvs0 | awk '{print $4}'").unwrap();
+    let mut want_vips: Vec<String> = plan
+        .families
+        .iter()
+        .flat_map(|f| f.bind_addresses.iter())
+        .map(|a| format!("{a}/{}", if a.is_ipv4() { 32 } else { 128 }))
+        .chain(extra_vips.iter().map(|s| (*s).to_owned()))
+        .collect();
+    want_vips.sort();
+    assert_eq!(sorted_lines(&vips), want_vips, "addresses on kube-ipvs0");
+
+    let saved = run("ipset", &["save"]).unwrap().stdout;
+    let names = |text: &str| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("create "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let adds = |text: &str| -> Vec<String> {
+        sorted_lines(text)
+            .into_iter()
+            .filter(|l| l.starts_with("add "))
+            .collect()
+    };
+    let want_sets = render::ipsets(plan);
+    assert_eq!(names(&saved), names(&want_sets), "ipset names");
+    assert_eq!(adds(&saved), adds(&want_sets), "ipset members");
+
+    let rules = render::iptables(plan, AddressFamily::Inet).unwrap();
+    let ipt = run("iptables-save", &[] as &[&str]).unwrap().stdout;
+    assert!(
+        chains_up_to_date(AddressFamily::Inet, &rules, &ipt),
+        "iptables-save does not hold the planned rules:\n{ipt}\nwanted:\n{rules}"
+    );
+}
+
+#[test]
+fn from_empty_then_a_resync_writes_nothing() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let objects = objects();
+        let mut s = syncer().await;
+        let first = sync(&mut s, &objects).await;
+        let plan = s.last_plan().unwrap().clone();
+        assert_eq!(first.virtual_servers, 11);
+        assert_eq!(first.writes.services_added, 11);
+        assert_eq!(first.writes.real_servers_added, 20);
+        assert_eq!(first.writes.iptables_restores, 1);
+        assert_state(&plan, "", &[]);
+
+        let second = sync(&mut s, &objects).await;
+        assert_eq!(second.writes, WriteCounts::default(), "no-op resync wrote");
+        assert_state(&plan, "", &[]);
+        eprintln!(
+            "from empty: observe {:?} plan {:?} apply {:?}; no-op: observe {:?} plan {:?} apply {:?}",
+            first.observe, first.plan, first.apply, second.observe, second.plan, second.apply
+        );
+    });
+}
+
+#[test]
+fn a_fresh_process_adopts_the_node_and_restores_zero_weights() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let objects = objects();
+        {
+            let mut s = syncer().await;
+            sync(&mut s, &objects).await;
+        }
+        // A fresh process (new handles, nothing cached) over a programmed node: no writes.
+        let mut fresh = syncer().await;
+        let adopt = sync(&mut fresh, &objects).await;
+        assert_eq!(adopt.writes, WriteCounts::default());
+        drop(fresh);
+
+        // A desired real server left at weight 0 (e.g. by a crash mid-drain) gets its
+        // weight back (kubernetes#92019), and nothing else is touched.
+        run(
+            "ipvsadm",
+            &[
+                "-e",
+                "-t",
+                "10.96.0.10:80",
+                "-r",
+                "10.244.0.11:8080",
+                "-m",
+                "-w",
+                "0",
+            ],
+        )
+        .unwrap();
+        let mut fresh = syncer().await;
+        let repaired = sync(&mut fresh, &objects).await;
+        assert_eq!(
+            repaired.writes,
+            WriteCounts {
+                real_servers_updated: 1,
+                ..WriteCounts::default()
+            }
+        );
+        assert_state(fresh.last_plan().unwrap(), "", &[]);
+    });
+}
+
+#[test]
+fn endpoint_and_service_changes_are_applied_exactly() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let mut objects = objects();
+        let mut s = syncer().await;
+        sync(&mut s, &objects).await;
+
+        let slice = |objects: &mut Manifests, name: &str| -> usize {
+            objects
+                .endpoint_slices
+                .iter()
+                .position(|e| e.metadata.name.as_deref() == Some(name))
+                .unwrap()
+        };
+        // myweb-svc loses 10.244.0.12 (its slice only: the other services keep it).
+        let i = slice(&mut objects, "myweb-svc-7x2lq");
+        objects.endpoint_slices[i]
+            .endpoints
+            .retain(|e| e.addresses != ["10.244.0.12"]);
+        // named-port-svc gains 10.244.0.22.
+        let i = slice(&mut objects, "named-port-svc-p4q7s");
+        let mut extra = objects.endpoint_slices[i].endpoints[0].clone();
+        extra.addresses = vec!["10.244.0.22".into()];
+        extra.target_ref = None;
+        objects.endpoint_slices[i].endpoints.push(extra);
+        // sticky-svc is deleted.
+        objects
+            .services
+            .retain(|svc| svc.metadata.name.as_deref() != Some("sticky-svc"));
+
+        let report = sync(&mut s, &objects).await;
+        assert_state(s.last_plan().unwrap(), "", &[]);
+        assert_eq!(report.writes.real_servers_deleted, 1);
+        assert_eq!(report.writes.real_servers_added, 1);
+        assert_eq!(report.writes.services_deleted, 1);
+        assert_eq!(report.writes.addresses_unbound, 1);
+        assert!(!sh("ipvsadm -Sn").unwrap().contains("10.96.0.15"));
+
+        let again = sync(&mut s, &objects).await;
+        assert_eq!(again.writes, WriteCounts::default());
+    });
+}
+
+#[test]
+fn drift_behind_our_back_is_repaired_exactly() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let objects = objects();
+        let mut s = syncer().await;
+        sync(&mut s, &objects).await;
+
+        // Someone deletes a real server, a VIP, a set member and a chain's rules, and adds
+        // a stale VS + VIP of ours and a foreign VS + VIP inside the excluded 10.97.0.0/16.
+        sh("ipvsadm -d -t 10.96.0.10:80 -r 10.244.0.11:8080 && \
+            ip addr del 10.96.0.11/32 dev kube-ipvs0 && \
+            ipset del KUBE-CLUSTER-IP 10.96.0.13,tcp:80 && \
+            iptables -t nat -F KUBE-POSTROUTING && \
+            ipvsadm -A -t 10.96.0.99:80 -s rr && \
+            ip addr add 10.96.0.99/32 dev kube-ipvs0 && \
+            ipvsadm -A -t 10.97.0.1:80 -s wrr && \
+            ip addr add 10.97.0.1/32 dev kube-ipvs0")
+        .unwrap();
+
+        let report = sync(&mut s, &objects).await;
+        assert_state(
+            s.last_plan().unwrap(),
+            "-A -t 10.97.0.1:80 -s wrr\n",
+            &["10.97.0.1/32"],
+        );
+        assert_eq!(
+            report.writes,
+            WriteCounts {
+                addresses_bound: 1,
+                addresses_unbound: 1,
+                set_members_added: 1,
+                iptables_restores: 1,
+                services_deleted: 1,
+                real_servers_added: 1,
+                ..WriteCounts::default()
+            }
+        );
+    });
+}
