@@ -284,6 +284,32 @@ impl Kernel {
         Ok(observed)
     }
 
+    /// Connection counters of every real server of `services` (one dump each); a service
+    /// that no longer exists contributes nothing.
+    pub async fn connections_of(
+        &mut self,
+        services: &[ServiceKey],
+    ) -> Result<BTreeMap<(ServiceKey, DestinationKey), Connections>, KernelError> {
+        let mut out = BTreeMap::new();
+        for key in services {
+            let entries = match self.ipvs.dump_destinations(key).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == Some(netlink::ipvs::ErrorKind::NoSuchService) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for d in entries {
+                out.insert(
+                    (*key, d.destination.key()),
+                    Connections {
+                        active: d.active_conns,
+                        inactive: d.inactive_conns,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates the dummy link if `index` is `None`; returns its index.
     pub async fn ensure_dummy(&self, index: Option<u32>, out: &mut Outcome) -> Option<u32> {
         if index.is_some() {

@@ -81,6 +81,7 @@ pub fn sync_options(args: &CommonArgs, node_name: String) -> SyncOptions {
         exclude_cidrs: args.exclude_cidrs.clone(),
         strict_arp: args.strict_arp,
         node_ips: (!args.node_ips.is_empty()).then(|| args.node_ips.clone()),
+        max_drain: None,
     }
 }
 

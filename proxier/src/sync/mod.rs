@@ -19,6 +19,7 @@
 //! fresh process over a programmed node computes the same (empty) changes as a long-lived one.
 
 pub mod cmd;
+pub mod graceful;
 pub mod manifests;
 
 use std::net::IpAddr;
@@ -26,14 +27,15 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use netlink::AddressFamily;
-use netlink::ipvs::Operation;
+use netlink::ipvs::{Operation, Table};
 
-use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed, Outcome};
+use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
 use crate::model::manifests::Manifests;
 use crate::plan::{self, NodeFacts, Plan, PlanConfig};
+use graceful::Drains;
 
-pub use crate::dataplane::kernel::{Failure, WriteCounts};
+pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
 
 /// What the sync engine is told besides the planner's configuration.
 #[derive(Debug, Clone)]
@@ -45,6 +47,9 @@ pub struct SyncOptions {
     pub strict_arp: bool,
     /// Node IPs to use instead of the kernel's addresses (`--node-ip`).
     pub node_ips: Option<Vec<IpAddr>>,
+    /// Longest a TCP real server drains before it is deleted with connections left; `None`
+    /// waits for them forever, as upstream.
+    pub max_drain: Option<Duration>,
 }
 
 impl SyncOptions {
@@ -133,6 +138,17 @@ pub fn set_names(config: &PlanConfig) -> Vec<String> {
         .collect()
 }
 
+/// Every family's virtual servers in one table.
+pub fn desired_table(plan: &Plan) -> Table {
+    let mut table = Table::default();
+    for f in &plan.families {
+        table
+            .services
+            .extend(f.ipvs.services.iter().map(|(k, v)| (*k, v.clone())));
+    }
+    table
+}
+
 /// Pure: the changes that turn `observed` into `plan`.
 pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Changes {
     let desired_vips = plan
@@ -140,12 +156,7 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
         .iter()
         .flat_map(|f| f.bind_addresses.iter().copied())
         .collect();
-    let mut desired_ipvs = netlink::ipvs::Table::default();
-    for f in &plan.families {
-        desired_ipvs
-            .services
-            .extend(f.ipvs.services.iter().map(|(k, v)| (*k, v.clone())));
-    }
+    let desired_ipvs = desired_table(plan);
     let (stale_services, ipvs): (Vec<Operation>, Vec<Operation>) =
         diff::ipvs_operations(&desired_ipvs, &observed.ipvs, ownership)
             .into_iter()
@@ -174,6 +185,7 @@ pub struct Syncer {
     kernel: Kernel,
     options: SyncOptions,
     last_plan: Option<Plan>,
+    drains: Drains,
 }
 
 impl Syncer {
@@ -184,6 +196,7 @@ impl Syncer {
         options.plan.random_fully &= kernel.random_fully();
         Ok(Self {
             kernel,
+            drains: Drains::new(options.max_drain),
             options,
             last_plan: None,
         })
@@ -233,7 +246,17 @@ impl Syncer {
             &facts,
         );
         let ownership = self.options.ownership();
-        let changes = decide(&plan, &observed, &ownership);
+        let mut changes = decide(&plan, &observed, &ownership);
+        let now = Instant::now();
+        self.drains.retain_undesired(&desired_table(&plan));
+        for ops in [&mut changes.ipvs, &mut changes.stale_services] {
+            *ops = self.drains.filter(
+                std::mem::take(ops),
+                &observed.ipvs,
+                &observed.connections,
+                now,
+            );
+        }
         let plan_time = started.elapsed();
 
         let started = Instant::now();
@@ -267,6 +290,30 @@ impl Syncer {
         );
         self.last_plan = Some(plan);
         Ok(report)
+    }
+
+    /// The drain list.
+    pub fn drains(&self) -> &Drains {
+        &self.drains
+    }
+
+    /// The periodic drain check (every few seconds, between syncs): reads the connection
+    /// counters of the virtual servers with draining real servers and deletes those that
+    /// are done. Reads nothing when nothing drains.
+    pub async fn check_drains(&mut self) -> Result<Outcome, SyncError> {
+        let mut out = Outcome::default();
+        let services = self.drains.services();
+        if services.is_empty() {
+            return Ok(out);
+        }
+        let connections = self
+            .kernel
+            .connections_of(&services)
+            .await
+            .map_err(SyncError::Observe)?;
+        let ops = self.drains.check(&connections, Instant::now());
+        self.kernel.apply_ipvs(&ops, &mut out).await;
+        Ok(out)
     }
 
     async fn apply(&mut self, observed: &Observed, changes: &Changes, out: &mut Outcome) {
