@@ -57,7 +57,7 @@ impl Model {
 
         let slices = dedup_by_name(slices, |s| &s.metadata, "EndpointSlice", &mut diags);
         let mut collected = Collected::new();
-        for (name, slice) in slices {
+        for (name, slice) in &slices {
             add_slice(
                 name,
                 slice,
@@ -346,15 +346,16 @@ fn port_number(
     }
 }
 
-/// Endpoints per service port keyed by (address, port), with the slice each came from.
-type Collected = BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), (Endpoint, String)>>;
+/// Endpoints per service port keyed by (address, port), with the name of the slice each came
+/// from (borrowed from the deduplicated slice index, which outlives the collection).
+type Collected<'a> = BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), (Endpoint, &'a str)>>;
 
-fn add_slice(
-    object: ObjectName,
+fn add_slice<'a>(
+    object: &'a ObjectName,
     slice: &discovery::EndpointSlice,
     options: &ModelOptions,
     seen_services: &BTreeSet<ServiceName>,
-    collected: &mut Collected,
+    collected: &mut Collected<'a>,
     diags: &mut Vec<Diagnostic>,
 ) {
     if !ours(&slice.metadata, options) {
@@ -367,7 +368,9 @@ fn add_slice(
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .filter(|n| !n.is_empty())
     else {
-        diags.push(Diagnostic::SliceWithoutServiceLabel { slice: object });
+        diags.push(Diagnostic::SliceWithoutServiceLabel {
+            slice: object.clone(),
+        });
         return;
     };
     let service = ServiceName {
@@ -379,7 +382,7 @@ fn add_slice(
         "IPv6" => AddressFamily::Inet6,
         other => {
             diags.push(Diagnostic::UnsupportedAddressType {
-                slice: object,
+                slice: object.clone(),
                 address_type: other.to_owned(),
             });
             return;
@@ -387,7 +390,7 @@ fn add_slice(
     };
     if !seen_services.contains(&service) {
         diags.push(Diagnostic::SliceWithoutService {
-            slice: object,
+            slice: object.clone(),
             service,
         });
         return;
@@ -401,12 +404,12 @@ fn add_slice(
             });
             continue;
         };
-        let Some(protocol) = protocol(p.protocol.as_deref(), &object, name, diags) else {
+        let Some(protocol) = protocol(p.protocol.as_deref(), object, name, diags) else {
             continue;
         };
         let Some(number) = p
             .port
-            .and_then(|n| port_number(n, &object, name, "port", diags))
+            .and_then(|n| port_number(n, object, name, "port", diags))
         else {
             continue;
         };
@@ -420,6 +423,9 @@ fn add_slice(
         ));
     }
 
+    // The endpoints are converted once per slice, then copied to each port (moved to the
+    // last one: most slices have a single port).
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
         // Like upstream, only the first address counts.
         let Some(raw) = ep.addresses.first() else {
@@ -442,7 +448,7 @@ fn add_slice(
         }
         let cond = ep.conditions.as_ref();
         let hints = ep.hints.as_ref();
-        let template = Endpoint {
+        endpoints.push(Endpoint {
             addr,
             port: 0,
             ready: cond.and_then(|c| c.ready).unwrap_or(true),
@@ -462,30 +468,37 @@ fn add_slice(
                 .flatten()
                 .map(|n| n.name.clone())
                 .collect(),
+        });
+    }
+
+    let is_local = |e: &Endpoint| e.node_name.as_deref() == Some(options.node_name.as_str());
+    let last_port = ports.len().saturating_sub(1);
+    for (i, (spn, number)) in ports.into_iter().enumerate() {
+        let port_endpoints = if i == last_port {
+            std::mem::take(&mut endpoints)
+        } else {
+            endpoints.clone()
         };
-        for (spn, number) in &ports {
-            let endpoint = Endpoint {
-                port: *number,
-                ..template.clone()
-            };
-            let per_port = collected.entry(spn.clone()).or_default();
-            match per_port.entry((addr, *number)) {
+        // One lookup of the (string-keyed) port per slice port, not per endpoint.
+        let per_port = collected.entry(spn.clone()).or_default();
+        for mut endpoint in port_endpoints {
+            endpoint.port = number;
+            let addr = endpoint.addr;
+            match per_port.entry((addr, number)) {
                 Entry::Vacant(v) => {
-                    v.insert((endpoint, object.name.clone()));
+                    v.insert((endpoint, object.name.as_str()));
                 }
                 Entry::Occupied(mut o) => {
                     diags.push(Diagnostic::DuplicateEndpoint {
                         service_port: spn.clone(),
                         address: addr,
-                        port: *number,
-                        slices: (o.get().1.clone(), object.name.clone()),
+                        port: number,
+                        slices: (o.get().1.to_owned(), object.name.clone()),
                     });
-                    let is_local =
-                        |e: &Endpoint| e.node_name.as_deref() == Some(options.node_name.as_str());
                     // Slices come in name order, so "keep the first" is order-independent;
                     // a local copy wins as upstream favours isLocal.
                     if is_local(&endpoint) && !is_local(&o.get().0) {
-                        o.insert((endpoint, object.name.clone()));
+                        o.insert((endpoint, object.name.as_str()));
                     }
                 }
             }
