@@ -62,7 +62,7 @@ pub mod iptables;
 pub mod render;
 pub mod topology;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -179,35 +179,29 @@ fn family_of_net(n: &IpNet) -> AddressFamily {
 fn wrong_family_diagnostics(model: &Model, config: &PlanConfig, diags: &mut Vec<Diagnostic>) {
     let enabled = |f: AddressFamily| config.families.contains(&f);
     for svc in model.services.values() {
-        let mut report = |field: &'static str, address: String, family: AddressFamily| {
+        // The address is formatted only when reported: nearly every address is of an
+        // enabled family.
+        let mut report = |field: &'static str, address: &dyn ToString, family: AddressFamily| {
             if !enabled(family) {
                 diags.push(Diagnostic::WrongFamily {
                     service: svc.name.clone(),
                     field,
-                    address,
+                    address: address.to_string(),
                     family,
                 });
             }
         };
         for ip in &svc.cluster_ips {
-            report("spec.clusterIPs", ip.to_string(), AddressFamily::of(ip));
+            report("spec.clusterIPs", ip, AddressFamily::of(ip));
         }
         for ip in &svc.external_ips {
-            report("spec.externalIPs", ip.to_string(), AddressFamily::of(ip));
+            report("spec.externalIPs", ip, AddressFamily::of(ip));
         }
         for ip in &svc.load_balancer_ips {
-            report(
-                "status.loadBalancer.ingress",
-                ip.to_string(),
-                AddressFamily::of(ip),
-            );
+            report("status.loadBalancer.ingress", ip, AddressFamily::of(ip));
         }
         for net in &svc.load_balancer_source_ranges {
-            report(
-                "spec.loadBalancerSourceRanges",
-                net.to_string(),
-                family_of_net(net),
-            );
+            report("spec.loadBalancerSourceRanges", net, family_of_net(net));
         }
     }
 }
@@ -266,8 +260,12 @@ struct FamilyPlanner<'a> {
 
 /// The per-family state being filled.
 struct Output<'m> {
-    table: Table,
-    owners: BTreeMap<ServiceKey, &'m ServicePortName>,
+    /// Virtual servers in planning order; sorted into the [`Table`] at the end, which is
+    /// cheaper than inserting 20,000 large values into a `BTreeMap` one by one.
+    virtual_servers: Vec<(ServiceKey, VirtualServer)>,
+    /// Which service port made each virtual server. Only looked up, never iterated, so a
+    /// hash map keeps the result deterministic.
+    owners: HashMap<ServiceKey, &'m ServicePortName>,
     bind: BTreeSet<IpAddr>,
     sets: IpSets,
     lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
@@ -300,8 +298,8 @@ impl<'a> FamilyPlanner<'a> {
             .copied();
 
         let mut out = Output {
-            table: Table::default(),
-            owners: BTreeMap::new(),
+            virtual_servers: Vec::new(),
+            owners: HashMap::new(),
             bind: BTreeSet::new(),
             sets: IpSets::new(family),
             lb_no_node_access: Vec::new(),
@@ -351,9 +349,14 @@ impl<'a> FamilyPlanner<'a> {
                 lb_no_node_access: out.lb_no_node_access,
             },
         );
+        // Keys are unique (`owners` admits each once), so the order of equal keys is moot.
+        out.virtual_servers.sort_unstable_by_key(|(key, _)| *key);
+        let ipvs = Table {
+            services: out.virtual_servers.into_iter().collect(),
+        };
         FamilyPlan {
             family,
-            ipvs: out.table,
+            ipvs,
             bind_addresses: out.bind,
             node_port_addresses,
             ipsets: out.sets,
@@ -529,28 +532,37 @@ impl<'a> FamilyPlanner<'a> {
                 addr,
                 port: vport,
             };
-            if let Some(kept) = out.owners.get(&key) {
-                // The same port reaching one VS twice (an LB IP that is also an external
-                // IP) is one VS with the same real servers: nothing to report.
-                if *kept != spn {
-                    out.diagnostics.push(Diagnostic::VirtualServerClash {
-                        virtual_server: key.to_string(),
-                        kept: (*kept).clone(),
-                        lost: spn.clone(),
-                    });
+            match out.owners.entry(key) {
+                hash_map::Entry::Occupied(kept) => {
+                    // The same port reaching one VS twice (an LB IP that is also an external
+                    // IP) is one VS with the same real servers: nothing to report.
+                    if *kept.get() != spn {
+                        out.diagnostics.push(Diagnostic::VirtualServerClash {
+                            virtual_server: key.to_string(),
+                            kept: (*kept.get()).clone(),
+                            lost: spn.clone(),
+                        });
+                    }
+                    return false;
                 }
-                return false;
+                hash_map::Entry::Vacant(v) => {
+                    v.insert(spn);
+                }
             }
-            out.owners.insert(key, spn);
             let mut service = IpvsService::new(key, self.config.scheduler.clone());
             service.flags = ServiceFlags(flags);
             service.timeout = timeout;
             let mut vs = VirtualServer::new(service);
-            vs.destinations.extend(dests.iter().map(|e| {
-                let d = Destination::masq(e.addr, e.port);
-                (d.key(), d)
-            }));
-            out.table.services.insert(key, vs);
+            // Endpoints are sorted by (address, port), the destination key: collecting
+            // bulk-builds the map.
+            vs.destinations = dests
+                .iter()
+                .map(|e| {
+                    let d = Destination::masq(e.addr, e.port);
+                    (d.key(), d)
+                })
+                .collect();
+            out.virtual_servers.push((key, vs));
             true
         };
 
