@@ -52,10 +52,6 @@ fn sched_flag_names(service: &Service) -> Vec<&'static str> {
 /// Appends the `-A …` line of a service.
 pub(crate) fn write_service(out: &mut String, s: &Service) {
     let _ = write!(out, "-A {} -s {}", service_selector(&s.key), s.scheduler);
-    let sched_flags = sched_flag_names(s);
-    if !sched_flags.is_empty() {
-        let _ = write!(out, " -b {}", sched_flags.join(","));
-    }
     if s.flags.contains(ServiceFlags::PERSISTENT) {
         let _ = write!(out, " -p {}", s.timeout);
         let family = s.key.family();
@@ -75,6 +71,11 @@ pub(crate) fn write_service(out: &mut String, s: &Service) {
     }
     if s.flags.contains(ServiceFlags::ONEPACKET) {
         out.push_str(" -o");
+    }
+    // ipvsadm 1.31 prints the scheduler flags last (`-s sh -o -b sh-fallback,sh-port`).
+    let sched_flags = sched_flag_names(s);
+    if !sched_flags.is_empty() {
+        let _ = write!(out, " -b {}", sched_flags.join(","));
     }
     out.push('\n');
 }
