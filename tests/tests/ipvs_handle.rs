@@ -67,7 +67,10 @@ fn connect_info_and_timeouts() {
         let t = h.get_timeouts().await.unwrap();
         assert_eq!((t.tcp, t.tcp_fin, t.udp), (900, 120, 60));
         let shown = run("ipvsadm", &["-L", "--timeout"]).unwrap().stdout;
-        assert!(shown.contains("Timeout (tcp tcpfin udp): 900 120 60"), "{shown}");
+        assert!(
+            shown.contains("Timeout (tcp tcpfin udp): 900 120 60"),
+            "{shown}"
+        );
     });
 }
 
