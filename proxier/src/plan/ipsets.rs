@@ -200,9 +200,67 @@ impl IpSets {
     }
 }
 
+/// Members gathered in planning order, duplicates included. Sorting each set once at the
+/// end and bulk-building its `BTreeSet` costs far fewer comparisons than inserting every
+/// member into a tree as it is found (the planner adds ~30,000 members for 10,000 Services).
+#[derive(Debug, Clone)]
+pub struct IpSetsBuilder {
+    family: AddressFamily,
+    members: [Vec<Member>; 17],
+}
+
+impl IpSetsBuilder {
+    pub fn new(family: AddressFamily) -> Self {
+        Self {
+            family,
+            members: Default::default(),
+        }
+    }
+
+    pub fn insert(&mut self, set: SetName, member: Member) {
+        self.members[set.index()].push(member);
+    }
+
+    pub fn build(self) -> IpSets {
+        IpSets {
+            family: self.family,
+            members: self.members.map(|mut members| {
+                members.sort_unstable();
+                members.dedup();
+                members.into_iter().collect()
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    #[test]
+    fn builder_matches_inserts() {
+        let members = [
+            Member::Port(30001),
+            Member::Port(30000),
+            Member::Port(30001),
+            Member::Ip(Ipv4Addr::new(10, 0, 0, 2).into()),
+            Member::Ip(Ipv4Addr::new(10, 0, 0, 1).into()),
+        ];
+        let mut sets = IpSets::new(AddressFamily::Inet);
+        let mut builder = IpSetsBuilder::new(AddressFamily::Inet);
+        for (i, m) in members.into_iter().enumerate() {
+            let set = if i < 3 {
+                SetName::NodePortTcp
+            } else {
+                SetName::IpvsIps
+            };
+            sets.insert(set, m);
+            builder.insert(set, m);
+        }
+        assert_eq!(builder.build(), sets);
+    }
 
     #[test]
     fn ipv6_names_are_prefixed_and_truncated() {

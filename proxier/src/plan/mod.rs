@@ -81,7 +81,7 @@ pub use config::{
     ConfigError, ConfigFile, LocalDetector, LocalPolicyFallback, NodeFacts, NodePortAddresses,
     PlanConfig,
 };
-pub use ipsets::{IpSets, SetName};
+pub use ipsets::{IpSets, IpSetsBuilder, SetName};
 pub use iptables::RuleSet;
 
 /// A Service's health-check node port and what it will report.
@@ -267,7 +267,7 @@ struct Output<'m> {
     /// hash map keeps the result deterministic.
     owners: HashMap<ServiceKey, &'m ServicePortName>,
     bind: BTreeSet<IpAddr>,
-    sets: IpSets,
+    sets: IpSetsBuilder,
     lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
     health_checks: BTreeMap<ServiceName, HealthCheck>,
     diagnostics: Vec<Diagnostic>,
@@ -301,7 +301,7 @@ impl<'a> FamilyPlanner<'a> {
             virtual_servers: Vec::new(),
             owners: HashMap::new(),
             bind: BTreeSet::new(),
-            sets: IpSets::new(family),
+            sets: IpSetsBuilder::new(family),
             lb_no_node_access: Vec::new(),
             health_checks: BTreeMap::new(),
             diagnostics: Vec::new(),
@@ -340,8 +340,9 @@ impl<'a> FamilyPlanner<'a> {
         out.lb_no_node_access.sort();
         out.lb_no_node_access.dedup();
 
+        let sets = out.sets.build();
         let rules = iptables::rules(
-            &out.sets,
+            &sets,
             &iptables::RuleInputs {
                 masquerade_mark: self.config.masquerade_mark(),
                 random_fully: self.config.random_fully,
@@ -359,7 +360,7 @@ impl<'a> FamilyPlanner<'a> {
             ipvs,
             bind_addresses: out.bind,
             node_port_addresses,
-            ipsets: out.sets,
+            ipsets: sets,
             rules,
             health_checks: out.health_checks,
         }
