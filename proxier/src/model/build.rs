@@ -39,14 +39,12 @@ impl Model {
         let mut model = Model::default();
 
         let services = dedup_by_name(services, |s| &s.metadata, "Service", &mut diags);
-        let seen_services: BTreeSet<ServiceName> = services
-            .keys()
-            .map(|o| ServiceName {
-                namespace: o.namespace.clone(),
-                name: o.name.clone(),
-            })
+        // Borrowed (namespace, name) pairs: the slices only need to know the Service exists.
+        let seen_services: BTreeSet<(&str, &str)> = services
+            .iter()
+            .map(|(o, _)| (o.namespace.as_str(), o.name.as_str()))
             .collect();
-        for (name, svc) in services {
+        for (name, svc) in &services {
             if !ours(&svc.metadata, options) {
                 continue;
             }
@@ -107,30 +105,36 @@ fn object_name(kind: &'static str, meta: &ObjectMeta) -> ObjectName {
     }
 }
 
-/// Indexes objects by namespace/name. On a duplicate, keeps the copy whose JSON sorts
-/// first, so the result does not depend on input order.
+/// Indexes objects by namespace/name, sorted. On a duplicate, keeps the copy whose JSON
+/// sorts first, so the result does not depend on input order.
+///
+/// A sorted `Vec` rather than a `BTreeMap`: one sort of 10,000 names costs a fraction of
+/// 10,000 tree insertions with string keys.
 fn dedup_by_name<'a, T: serde::Serialize>(
     objects: &'a [T],
     meta: impl Fn(&T) -> &ObjectMeta,
     kind: &'static str,
     diags: &mut Vec<Diagnostic>,
-) -> BTreeMap<ObjectName, &'a T> {
-    let mut out: BTreeMap<ObjectName, &'a T> = BTreeMap::new();
-    for o in objects {
-        match out.entry(object_name(kind, meta(o))) {
-            Entry::Vacant(v) => {
-                v.insert(o);
-            }
-            Entry::Occupied(mut e) => {
-                diags.push(Diagnostic::DuplicateObject {
-                    object: e.key().clone(),
-                });
+) -> Vec<(ObjectName, &'a T)> {
+    let mut named: Vec<(ObjectName, &'a T)> = objects
+        .iter()
+        .map(|o| (object_name(kind, meta(o)), o))
+        .collect();
+    // Every name has the same kind, so compare only namespace and name. A stable sort keeps
+    // duplicates in input order, as the one-by-one insertion saw them.
+    named.sort_by(|(a, _), (b, _)| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut out: Vec<(ObjectName, &'a T)> = Vec::with_capacity(named.len());
+    for (name, o) in named {
+        match out.last_mut() {
+            Some((kept_name, kept)) if *kept_name == name => {
+                diags.push(Diagnostic::DuplicateObject { object: name });
                 let new = serde_json::to_string(o).unwrap_or_default();
-                let old = serde_json::to_string(*e.get()).unwrap_or_default();
+                let old = serde_json::to_string(*kept).unwrap_or_default();
                 if new < old {
-                    e.insert(o);
+                    *kept = o;
                 }
             }
+            _ => out.push((name, o)),
         }
     }
     out
@@ -141,7 +145,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 }
 
 fn convert_service(
-    object: ObjectName,
+    object: &ObjectName,
     svc: &core::Service,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Service> {
@@ -250,7 +254,7 @@ fn convert_service(
                 });
                 None
             }
-            Some(p) => port_number(p, &object, "", "spec.healthCheckNodePort", diags),
+            Some(p) => port_number(p, object, "", "spec.healthCheckNodePort", diags),
         }
     } else {
         None
@@ -259,15 +263,15 @@ fn convert_service(
     let mut ports = Vec::new();
     for p in spec.ports.iter().flatten() {
         let port_name = p.name.clone().unwrap_or_default();
-        let Some(protocol) = protocol(p.protocol.as_deref(), &object, &port_name, diags) else {
+        let Some(protocol) = protocol(p.protocol.as_deref(), object, &port_name, diags) else {
             continue;
         };
-        let Some(port) = port_number(p.port, &object, &port_name, "port", diags) else {
+        let Some(port) = port_number(p.port, object, &port_name, "port", diags) else {
             continue;
         };
         let node_port = match p.node_port {
             None | Some(0) => None,
-            Some(n) => match port_number(n, &object, &port_name, "nodePort", diags) {
+            Some(n) => match port_number(n, object, &port_name, "nodePort", diags) {
                 Some(n) => Some(n),
                 None => continue,
             },
@@ -354,7 +358,7 @@ fn add_slice<'a>(
     object: &'a ObjectName,
     slice: &discovery::EndpointSlice,
     options: &ModelOptions,
-    seen_services: &BTreeSet<ServiceName>,
+    seen_services: &BTreeSet<(&str, &str)>,
     collected: &mut Collected<'a>,
     diags: &mut Vec<Diagnostic>,
 ) {
@@ -373,10 +377,6 @@ fn add_slice<'a>(
         });
         return;
     };
-    let service = ServiceName {
-        namespace: object.namespace.clone(),
-        name: service_name.clone(),
-    };
     let family = match slice.address_type.as_str() {
         "IPv4" => AddressFamily::Inet,
         "IPv6" => AddressFamily::Inet6,
@@ -388,7 +388,11 @@ fn add_slice<'a>(
             return;
         }
     };
-    if !seen_services.contains(&service) {
+    let service = ServiceName {
+        namespace: object.namespace.clone(),
+        name: service_name.clone(),
+    };
+    if !seen_services.contains(&(service.namespace.as_str(), service.name.as_str())) {
         diags.push(Diagnostic::SliceWithoutService {
             slice: object.clone(),
             service,
