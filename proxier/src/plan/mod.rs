@@ -62,7 +62,8 @@ pub mod iptables;
 pub mod render;
 pub mod topology;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map, hash_map};
+use std::iter::Peekable;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -247,6 +248,39 @@ fn usable_node_address(ip: &IpAddr) -> bool {
     }
 }
 
+/// Finds the endpoints of the service ports in the order the planner visits them: Services
+/// in name order, each one's ports in name order, which is the order of
+/// [`Model::endpoints`]. So each lookup steps along the map (two comparisons) instead of a
+/// string-keyed tree search. A port asked out of order falls back to that search, so the
+/// answer never depends on the order.
+struct EndpointCursor<'m> {
+    map: &'m BTreeMap<ServicePortName, Vec<Endpoint>>,
+    rest: Peekable<btree_map::Iter<'m, ServicePortName, Vec<Endpoint>>>,
+    last: Option<&'m ServicePortName>,
+}
+
+impl<'m> EndpointCursor<'m> {
+    fn new(map: &'m BTreeMap<ServicePortName, Vec<Endpoint>>) -> Self {
+        Self {
+            map,
+            rest: map.iter().peekable(),
+            last: None,
+        }
+    }
+
+    fn get(&mut self, port: &'m ServicePortName) -> &'m [Endpoint] {
+        if self.last.is_some_and(|last| port < last) {
+            return self.map.get(port).map_or(&[], Vec::as_slice);
+        }
+        self.last = Some(port);
+        while self.rest.next_if(|(key, _)| *key < port).is_some() {}
+        match self.rest.peek() {
+            Some(&(key, endpoints)) if key == port => endpoints,
+            _ => &[],
+        }
+    }
+}
+
 struct FamilyPlanner<'a> {
     family: AddressFamily,
     config: &'a PlanConfig,
@@ -297,9 +331,11 @@ impl<'a> FamilyPlanner<'a> {
             .find(|ip| self.of_family(ip))
             .copied();
 
+        let mut endpoints = EndpointCursor::new(&self.model.endpoints);
         let mut out = Output {
             virtual_servers: Vec::new(),
-            owners: HashMap::new(),
+            // At least one virtual server per Service: fewer rehashes while it grows.
+            owners: HashMap::with_capacity(self.model.services.len()),
             bind: BTreeSet::new(),
             sets: IpSetsBuilder::new(family),
             lb_no_node_access: Vec::new(),
@@ -314,6 +350,7 @@ impl<'a> FamilyPlanner<'a> {
                 self.plan_port(
                     svc,
                     port,
+                    endpoints.get(&port.name),
                     *cluster_ip,
                     &node_addresses,
                     &node_port_addresses,
@@ -452,6 +489,7 @@ impl<'a> FamilyPlanner<'a> {
         &self,
         svc: &'a Service,
         port: &'a ServicePort,
+        port_endpoints: &'a [Endpoint],
         cluster_ip: IpAddr,
         node_addresses: &[IpAddr],
         node_port_addresses: &[IpAddr],
@@ -461,12 +499,8 @@ impl<'a> FamilyPlanner<'a> {
         let family = self.family;
         let spn = &port.name;
         let protocol = spn.protocol;
-        let endpoints: Vec<&Endpoint> = self
-            .model
-            .endpoints
-            .get(spn)
-            .into_iter()
-            .flatten()
+        let endpoints: Vec<&Endpoint> = port_endpoints
+            .iter()
             .filter(|e| self.of_family(&e.addr))
             .collect();
         let external_ips: Vec<IpAddr> = svc
@@ -670,6 +704,65 @@ impl<'a> FamilyPlanner<'a> {
             for ip in node_port_addresses {
                 add_vs(out, *ip, np, external);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn port(service: &str, name: &str) -> ServicePortName {
+        ServicePortName {
+            service: ServiceName {
+                namespace: "ns".to_owned(),
+                name: service.to_owned(),
+            },
+            port: name.to_owned(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn endpoint(last: u8) -> Endpoint {
+        Endpoint {
+            addr: Ipv4Addr::new(10, 0, 0, last).into(),
+            port: 80,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn endpoint_cursor_answers_like_the_map_in_any_order() {
+        let map = BTreeMap::from([
+            (port("a", ""), vec![endpoint(1)]),
+            (port("b", "http"), vec![endpoint(2)]),
+            (port("c", ""), vec![endpoint(3)]),
+        ]);
+        let asked = [
+            port("a", ""),
+            port("a", "x"),
+            port("b", "http"),
+            port("b", "http"),
+            port("a", ""),
+            port("c", ""),
+            port("d", ""),
+            port("b", "http"),
+        ];
+        let mut cursor = EndpointCursor::new(&map);
+        for p in &asked {
+            assert_eq!(
+                cursor.get(p),
+                map.get(p).map_or(&[][..], Vec::as_slice),
+                "{p}"
+            );
         }
     }
 }
