@@ -9,4 +9,5 @@ pub mod dataplane;
 pub mod diff;
 pub mod model;
 pub mod plan;
+pub mod source;
 pub mod sync;

@@ -1,0 +1,195 @@
+//! The API server source: list/watch of Services, EndpointSlices (discovery.k8s.io/v1) and
+//! our own Node with `kube::runtime::watcher`, written into an [`Objects`] store.
+//!
+//! Owns the client construction from kube-proxy's settings and the informer selectors
+//! kube-proxy uses (`cmd/kube-proxy/app/server.go`): objects handed to another proxy by
+//! `service.kubernetes.io/service-proxy-name`, and slices of headless Services, are never
+//! even fetched.
+//!
+//! Failure handling: `watcher` re-watches from the last resourceVersion after a dropped
+//! connection and re-lists after `410 Gone`; `default_backoff` spaces retries (0.8 s
+//! doubling to 30 s, as client-go's reflector). Errors are logged and never touch the
+//! store. A re-list is buffered from `Init` to `InitDone` and swapped in at once, so
+//! objects deleted while we were not watching disappear and nothing is emptied meanwhile.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::pin::pin;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{ObjectKey, Objects, Source, SourceError, SourceOptions};
+use crate::config::ApiSettings;
+use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
+
+/// Builds a client as kube-proxy does (client-go's `BuildConfigFromFlags`): the kubeconfig
+/// file if given, with `--master` overriding its server; `--master` alone (no credentials);
+/// neither: the in-cluster service account, falling back to kube's usual inference
+/// (`KUBECONFIG`, `~/.kube/config`) so a developer can run it outside a cluster.
+///
+/// kube-rs has no client-side rate limiter, so `qps`/`burst` are not applied. That costs
+/// little here: after the initial lists, three long-lived watches are the only requests.
+/// `configSyncPeriod` (client-go informer resync) has no equivalent either; the sync
+/// engine's own periodic full sync covers what it was for.
+pub async fn client(settings: &ApiSettings) -> Result<Client, SourceError> {
+    let master = settings
+        .master
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse::<http::Uri>()
+                .map_err(|source| SourceError::MasterUrl {
+                    url: m.to_owned(),
+                    source,
+                })
+        })
+        .transpose()?;
+    let mut config = match (&settings.kubeconfig, master.clone()) {
+        (Some(path), _) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                SourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| SourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        (None, Some(url)) => kube::Config::new(url),
+        (None, None) => match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(incluster) => kube::Config::infer()
+                .await
+                .map_err(|infer| SourceError::NoConfig { incluster, infer })?,
+        },
+    };
+    if let Some(url) = master {
+        config.cluster_url = url;
+    }
+    tracing::debug!(
+        server = %config.cluster_url,
+        qps = settings.qps,
+        burst = settings.burst,
+        "API client (qps/burst are not enforced by kube-rs)"
+    );
+    Client::try_from(config).map_err(SourceError::Client)
+}
+
+/// kube-proxy's Service selector; with a proxy name, only that proxy's Services.
+pub fn service_selector(service_proxy_name: Option<&str>) -> String {
+    match service_proxy_name {
+        None => format!("!{LABEL_SERVICE_PROXY_NAME}"),
+        Some(name) => format!("{LABEL_SERVICE_PROXY_NAME}={name}"),
+    }
+}
+
+/// kube-proxy's EndpointSlice selector: also no slices of headless Services.
+pub fn endpoint_slice_selector(service_proxy_name: Option<&str>) -> String {
+    format!("!{LABEL_HEADLESS},{}", service_selector(service_proxy_name))
+}
+
+/// Starts the three watches. Readiness ([`Objects::ready`]) comes with the first complete
+/// Service and EndpointSlice lists; the Node is not waited for (it only refines topology).
+pub fn start(client: Client, options: &SourceOptions) -> Source {
+    let objects = Objects::new();
+    let proxy_name = options.service_proxy_name.as_deref();
+
+    let services = tokio::spawn(watch(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(&service_selector(proxy_name)),
+        objects.clone(),
+        Handlers {
+            apply: Objects::apply_service,
+            delete: Objects::delete_service,
+            replace: Objects::replace_services,
+            listed: Objects::mark_services_listed,
+        },
+    ));
+    let slices = tokio::spawn(watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(&endpoint_slice_selector(proxy_name)),
+        objects.clone(),
+        Handlers {
+            apply: Objects::apply_slice,
+            delete: Objects::delete_slice,
+            replace: Objects::replace_slices,
+            listed: Objects::mark_slices_listed,
+        },
+    ));
+    let node = tokio::spawn(watch(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={}", options.node_name)),
+        objects.clone(),
+        Handlers {
+            apply: |o, node| o.set_node(Some(node)),
+            delete: |o, _| o.set_node(None),
+            replace: |o, nodes| o.set_node(nodes.into_values().next()),
+            listed: |_| {},
+        },
+    ));
+    Source::new(objects, vec![services, slices, node])
+}
+
+/// What a watch of one kind does with its events.
+struct Handlers<K> {
+    apply: fn(&Objects, K),
+    delete: fn(&Objects, &K),
+    replace: fn(&Objects, BTreeMap<ObjectKey, K>),
+    listed: fn(&Objects),
+}
+
+async fn watch<K>(api: Api<K>, config: watcher::Config, objects: Objects, handlers: Handlers<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = K::kind(&());
+    let mut events = pin!(watcher::watcher(api, config).default_backoff());
+    // `Some` between `Init` and `InitDone`: the re-list being collected.
+    let mut relist: Option<BTreeMap<ObjectKey, K>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(Event::InitApply(obj)) => {
+                if let (Some(buffer), Some(key)) = (relist.as_mut(), ObjectKey::of(obj.meta())) {
+                    buffer.insert(key, obj);
+                }
+            }
+            Ok(Event::InitDone) => {
+                // Without a preceding `Init` there is no complete list to swap in; an empty
+                // map here would wipe the store.
+                if let Some(listed) = relist.take() {
+                    tracing::info!(kind = %kind, count = listed.len(), "listed");
+                    (handlers.replace)(&objects, listed);
+                    (handlers.listed)(&objects);
+                }
+            }
+            Ok(Event::Apply(obj)) => {
+                tracing::trace!(kind = %kind, name = ?obj.meta().name, "applied");
+                (handlers.apply)(&objects, obj);
+            }
+            Ok(Event::Delete(obj)) => {
+                tracing::trace!(kind = %kind, name = ?obj.meta().name, "deleted");
+                (handlers.delete)(&objects, &obj);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    kind = %kind,
+                    %error,
+                    "watch failed; keeping the last known objects, retrying with backoff"
+                );
+            }
+        }
+    }
+    // `watcher` streams never end; if one does, the store just stops moving.
+    tracing::error!(kind = %kind, "watch stream ended");
+}

@@ -1,0 +1,507 @@
+//! The object store both sources write and the sync engine reads.
+//!
+//! One mutex guards the snapshot and the pending changes together, so a reader's
+//! [`Objects::take`] always gets a snapshot and exactly the changes that lead to it. The
+//! snapshot is an `Arc` swapped copy-on-write: readers hold it as long as they like without
+//! blocking writers (a writer clones it only while a reader still holds the old one).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::watch;
+
+use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions, ServiceName};
+
+/// `namespace/name` of a namespaced object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of an object; `None` if it has no name (the API never sends one).
+    pub fn of(meta: &ObjectMeta) -> Option<Self> {
+        Some(Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone()?,
+        })
+    }
+}
+
+/// The objects the proxier acts on, as last seen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// Our own Node, once seen (topology labels, pod CIDRs).
+    pub node: Option<Node>,
+}
+
+impl Snapshot {
+    /// [`Model::build`] over the whole snapshot.
+    pub fn build_model(&self, options: &ModelOptions) -> (Model, Vec<crate::model::Diagnostic>) {
+        let services: Vec<Service> = self.services.values().cloned().collect();
+        let slices: Vec<EndpointSlice> = self.endpoint_slices.values().cloned().collect();
+        let nodes: Vec<Node> = self.node.iter().cloned().collect();
+        Model::build(&services, &slices, &nodes, options)
+    }
+}
+
+/// What changed between two [`Objects::take`] calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Services whose Service object, or one of whose EndpointSlices, was added, changed or
+    /// removed. A slice counts for the Service named by its `kubernetes.io/service-name`
+    /// label (both the old and the new one if the label changed).
+    pub services: BTreeSet<ServiceName>,
+    /// Our Node appeared, disappeared, or changed its labels or spec.
+    pub node: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && !self.node
+    }
+
+    fn merge(&mut self, other: Changes) {
+        self.services.extend(other.services);
+        self.node |= other.node;
+    }
+}
+
+/// The result of [`Objects::take`].
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub snapshot: Arc<Snapshot>,
+    /// Changes since the previous `take` (everything is new on the first one).
+    pub changes: Changes,
+    /// The generation the snapshot belongs to (see [`Objects::subscribe`]).
+    pub generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    snapshot: Arc<Snapshot>,
+    pending: Changes,
+    generation: u64,
+    services_listed: bool,
+    slices_listed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    generation: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
+}
+
+/// Handle on the store: cheap to clone, shared by the source tasks and the sync engine.
+#[derive(Debug, Clone)]
+pub struct Objects {
+    shared: Arc<Shared>,
+}
+
+impl Default for Objects {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Objects {
+    /// An empty, not-ready store.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                generation: watch::Sender::new(0),
+                ready: watch::Sender::new(false),
+            }),
+        }
+    }
+
+    // A panic while holding the lock cannot leave the state half-written in a way that
+    // matters more than stopping would: every writer replaces whole entries.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.lock().snapshot)
+    }
+
+    /// The current snapshot and the changes since the previous call (which it clears).
+    pub fn take(&self) -> Update {
+        let mut state = self.lock();
+        Update {
+            snapshot: Arc::clone(&state.snapshot),
+            changes: std::mem::take(&mut state.pending),
+            generation: state.generation,
+        }
+    }
+
+    /// The generation counter: bumped (and the receiver woken) whenever the snapshot
+    /// changes in a way the proxier cares about. Use `changed().await` to wait for work.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    /// Whether both initial lists (Services and EndpointSlices) are in.
+    pub fn is_ready(&self) -> bool {
+        *self.shared.ready.borrow()
+    }
+
+    /// Waits until [`Self::is_ready`]. Returns at once if it already is.
+    pub async fn ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        // The sender lives in `self.shared`, which `self` keeps alive, so this cannot fail.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Upserts a Service (a watch ADDED/MODIFIED event).
+    pub(crate) fn apply_service(&self, service: Service) {
+        let Some(key) = ObjectKey::of(&service.metadata) else {
+            return;
+        };
+        self.write(|s, changes| {
+            let old = s.services.get(&key);
+            if old.is_some_and(|old| same_service(old, &service)) {
+                // Still store it: the new resourceVersion is what a later diff compares.
+                s.services.insert(key, service);
+                return;
+            }
+            changes.services.insert(service_name(&key));
+            s.services.insert(key, service);
+        });
+    }
+
+    /// Removes a Service (a watch DELETED event).
+    pub(crate) fn delete_service(&self, service: &Service) {
+        let Some(key) = ObjectKey::of(&service.metadata) else {
+            return;
+        };
+        self.write(|s, changes| {
+            if s.services.remove(&key).is_some() {
+                changes.services.insert(service_name(&key));
+            }
+        });
+    }
+
+    pub(crate) fn apply_slice(&self, slice: EndpointSlice) {
+        let Some(key) = ObjectKey::of(&slice.metadata) else {
+            return;
+        };
+        self.write(|s, changes| {
+            let old = s.endpoint_slices.get(&key);
+            if !old.is_some_and(|old| same_slice(old, &slice)) {
+                changes.services.extend(old.and_then(slice_service));
+                changes.services.extend(slice_service(&slice));
+            }
+            s.endpoint_slices.insert(key, slice);
+        });
+    }
+
+    pub(crate) fn delete_slice(&self, slice: &EndpointSlice) {
+        let Some(key) = ObjectKey::of(&slice.metadata) else {
+            return;
+        };
+        self.write(|s, changes| {
+            if let Some(old) = s.endpoint_slices.remove(&key) {
+                changes.services.extend(slice_service(&old));
+            }
+        });
+    }
+
+    pub(crate) fn set_node(&self, node: Option<Node>) {
+        self.write(|s, changes| {
+            changes.node |= !same_node(s.node.as_ref(), node.as_ref());
+            s.node = node;
+        });
+    }
+
+    /// Replaces every Service (a completed re-list): removed ones disappear, only real
+    /// differences are reported.
+    pub(crate) fn replace_services(&self, services: BTreeMap<ObjectKey, Service>) {
+        self.write(|s, changes| {
+            diff_maps(&s.services, &services, same_service, |k, _| {
+                changes.services.insert(service_name(k));
+            });
+            s.services = services;
+        });
+    }
+
+    pub(crate) fn replace_slices(&self, slices: BTreeMap<ObjectKey, EndpointSlice>) {
+        self.write(|s, changes| {
+            diff_maps(&s.endpoint_slices, &slices, same_slice, |_, slice| {
+                changes.services.extend(slice_service(slice));
+            });
+            s.endpoint_slices = slices;
+        });
+    }
+
+    /// Replaces the whole snapshot at once (the manifests source).
+    pub(crate) fn replace_all(&self, snapshot: Snapshot) {
+        let Snapshot {
+            services,
+            endpoint_slices,
+            node,
+        } = snapshot;
+        self.write(|s, changes| {
+            diff_maps(&s.services, &services, same_service, |k, _| {
+                changes.services.insert(service_name(k));
+            });
+            diff_maps(
+                &s.endpoint_slices,
+                &endpoint_slices,
+                same_slice,
+                |_, slice| {
+                    changes.services.extend(slice_service(slice));
+                },
+            );
+            changes.node |= !same_node(s.node.as_ref(), node.as_ref());
+            s.services = services;
+            s.endpoint_slices = endpoint_slices;
+            s.node = node;
+        });
+    }
+
+    /// Records that the initial Service list is in.
+    pub(crate) fn mark_services_listed(&self) {
+        self.mark_listed(|s| s.services_listed = true);
+    }
+
+    pub(crate) fn mark_slices_listed(&self) {
+        self.mark_listed(|s| s.slices_listed = true);
+    }
+
+    fn mark_listed(&self, set: impl FnOnce(&mut State)) {
+        let ready = {
+            let mut state = self.lock();
+            set(&mut state);
+            state.services_listed && state.slices_listed
+        };
+        if ready {
+            self.shared
+                .ready
+                .send_if_modified(|r| !std::mem::replace(r, true));
+        }
+    }
+
+    /// Runs one write; bumps the generation only if it changed something that matters.
+    fn write(&self, f: impl FnOnce(&mut Snapshot, &mut Changes)) {
+        let generation = {
+            let mut state = self.lock();
+            let mut changes = Changes::default();
+            f(Arc::make_mut(&mut state.snapshot), &mut changes);
+            if changes.is_empty() {
+                return;
+            }
+            state.pending.merge(changes);
+            state.generation += 1;
+            state.generation
+        };
+        self.shared.generation.send_replace(generation);
+    }
+}
+
+fn service_name(key: &ObjectKey) -> ServiceName {
+    ServiceName {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
+fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
+    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some(ServiceName {
+        namespace: slice.metadata.namespace.clone().unwrap_or_default(),
+        name: name.clone(),
+    })
+}
+
+// "Same" below means: equal in everything the model reads. A new resourceVersion or
+// managedFields entry alone (status heartbeats, label-less metadata churn) is no change,
+// so it does not wake the sync engine.
+
+fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    a.name == b.name
+        && a.namespace == b.namespace
+        && a.labels == b.labels
+        && a.annotations == b.annotations
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    same_meta(&a.metadata, &b.metadata) && a.spec == b.spec && a.status == b.status
+}
+
+fn same_slice(a: &EndpointSlice, b: &EndpointSlice) -> bool {
+    same_meta(&a.metadata, &b.metadata)
+        && a.address_type == b.address_type
+        && a.endpoints == b.endpoints
+        && a.ports == b.ports
+}
+
+/// kube-proxy reacts to Node label changes (topology); pod CIDRs feed the NodeCIDR local
+/// detector.
+fn same_node(a: Option<&Node>, b: Option<&Node>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.metadata.labels == b.metadata.labels && a.spec == b.spec,
+        _ => false,
+    }
+}
+
+/// Calls `changed` for every key added, removed or different between `old` and `new`
+/// (with the old and the new object where both exist).
+fn diff_maps<T>(
+    old: &BTreeMap<ObjectKey, T>,
+    new: &BTreeMap<ObjectKey, T>,
+    same: impl Fn(&T, &T) -> bool,
+    mut changed: impl FnMut(&ObjectKey, &T),
+) {
+    for (key, old_obj) in old {
+        match new.get(key) {
+            None => changed(key, old_obj),
+            Some(new_obj) if !same(old_obj, new_obj) => {
+                changed(key, old_obj);
+                changed(key, new_obj);
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, new_obj) in new {
+        if !old.contains_key(key) {
+            changed(key, new_obj);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ns: &str, name: &str, rv: &str, ip: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn slice(ns: &str, name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_owned(), service.to_owned())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }
+    }
+
+    fn names(changes: &Changes) -> Vec<String> {
+        changes.services.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn ready_needs_both_lists() {
+        let o = Objects::new();
+        o.mark_services_listed();
+        assert!(!o.is_ready());
+        o.mark_slices_listed();
+        assert!(o.is_ready());
+    }
+
+    #[test]
+    fn resource_version_only_updates_do_not_wake() {
+        let o = Objects::new();
+        let rx = o.subscribe();
+        o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
+        assert_eq!(*rx.borrow(), 1);
+        assert_eq!(names(&o.take().changes), ["ns/a"]);
+        o.apply_service(svc("ns", "a", "2", "10.0.0.1"));
+        assert_eq!(*rx.borrow(), 1);
+        assert!(o.take().changes.is_empty());
+        assert_eq!(
+            o.snapshot()
+                .services
+                .values()
+                .next()
+                .and_then(|s| s.metadata.resource_version.clone()),
+            Some("2".to_owned())
+        );
+    }
+
+    #[test]
+    fn slice_changes_name_their_service_and_relist_reports_only_differences() {
+        let o = Objects::new();
+        o.apply_slice(slice("ns", "a-1", "a"));
+        o.apply_slice(slice("ns", "b-1", "b"));
+        o.apply_service(svc("ns", "c", "1", "10.0.0.3"));
+        let _ = o.take();
+        // Relabelled slice: both Services are affected.
+        o.apply_slice(slice("ns", "a-1", "z"));
+        assert_eq!(names(&o.take().changes), ["ns/a", "ns/z"]);
+        // Re-list: b-1 gone, a-1 unchanged, c unchanged, d new.
+        o.replace_slices(
+            [(
+                ObjectKey {
+                    namespace: "ns".into(),
+                    name: "a-1".into(),
+                },
+                slice("ns", "a-1", "z"),
+            )]
+            .into(),
+        );
+        o.replace_services(
+            [
+                (
+                    ObjectKey {
+                        namespace: "ns".into(),
+                        name: "c".into(),
+                    },
+                    svc("ns", "c", "9", "10.0.0.3"),
+                ),
+                (
+                    ObjectKey {
+                        namespace: "ns".into(),
+                        name: "d".into(),
+                    },
+                    svc("ns", "d", "9", "10.0.0.4"),
+                ),
+            ]
+            .into(),
+        );
+        assert_eq!(names(&o.take().changes), ["ns/b", "ns/d"]);
+        assert_eq!(o.snapshot().endpoint_slices.len(), 1);
+    }
+
+    #[test]
+    fn held_snapshots_are_not_mutated() {
+        let o = Objects::new();
+        o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
+        let held = o.snapshot();
+        o.delete_service(&svc("ns", "a", "2", "10.0.0.1"));
+        assert_eq!(held.services.len(), 1);
+        assert!(o.snapshot().services.is_empty());
+    }
+}
