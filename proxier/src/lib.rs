@@ -9,5 +9,6 @@ pub mod dataplane;
 pub mod diff;
 pub mod model;
 pub mod plan;
+pub mod serve;
 pub mod source;
 pub mod sync;
