@@ -292,10 +292,12 @@ async fn follows_adds_modifications_and_deletions() {
     server.apply(&slice("hl-2", "hl", &["10.0.2.2"], &[(HEADLESS, "")]));
     server.apply(&service("web", "10.96.0.99", &[(PROXY_NAME, "other")]));
     server.apply(&slice("web-1", "web", &["10.0.0.1"], &[(HEADLESS, "")]));
-    // A marker written after them: once it is seen, so are the events before it.
+    // Markers written after them, one per watch (the streams are independent): once both
+    // are seen, so are the events before them.
     server.apply(&service("marker", "10.96.0.40", &[]));
-    wait_for(&objects, "marker", |s| {
-        s.services.contains_key(&key("marker"))
+    server.apply(&slice("marker-1", "marker", &["10.0.3.3"], &[]));
+    wait_for(&objects, "markers", |s| {
+        s.services.contains_key(&key("marker")) && s.endpoint_slices.contains_key(&key("marker-1"))
     })
     .await;
     let snap = objects.snapshot();
@@ -303,7 +305,7 @@ async fn follows_adds_modifications_and_deletions() {
         names(&snap),
         (
             vec!["cache".to_owned(), "marker".to_owned()],
-            vec!["cache-1".to_owned()]
+            vec!["cache-1".to_owned(), "marker-1".to_owned()]
         )
     );
     server.apply(&service("web", "10.96.0.10", &[]));
