@@ -31,8 +31,9 @@ pub fn parse_manifests(text: &str) -> Manifests {
                     document: index,
                     error: e.to_string(),
                 });
-                // A syntax error leaves the stream in an unknown state; serde_yaml stops
-                // yielding documents after it, so there is nothing more to read.
+                // serde_yaml cannot resynchronise after a syntax error: its iterator keeps
+                // yielding the same error forever, so stop at the first one.
+                break;
             }
         }
     }
@@ -93,6 +94,29 @@ fn add_value(out: &mut Manifests, index: usize, value: serde_yaml::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_ends_the_stream_with_one_diagnostic() {
+        // Used to loop forever: serde_yaml repeats a syntax error instead of ending.
+        let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+metadata: {name: [oops
+";
+        let m = parse_manifests(text);
+        assert_eq!(m.services.len(), 1);
+        assert!(
+            matches!(
+                m.diagnostics.as_slice(),
+                [Diagnostic::UndecodableDocument { document: 1, .. }]
+            ),
+            "{:?}",
+            m.diagnostics
+        );
+    }
 
     #[test]
     fn reads_kinds_and_reports_others_by_index() {
