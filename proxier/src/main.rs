@@ -1,4 +1,8 @@
-//! The `ipvs-proxier` binary: flag parsing only; the commands live in `ipvs_proxier::sync::cmd`.
+//! The `ipvs-proxier` binary: argument parsing, logging and dispatch only.
+//!
+//! Without a subcommand it is kube-proxy (`--proxy-mode=ipvs`): kube-proxy's flags at the top
+//! level, `--cleanup` / `--init-only` / run. The subcommands are ours: `plan` (no kernel
+//! access) and `sync --once`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -6,18 +10,24 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use ipvs_proxier::config::{self, Action, ProxierSettings};
+use ipvs_proxier::sync::cleanup::{self, CleanupScope};
 use ipvs_proxier::sync::cmd::{self, CommonArgs};
+use ipvs_proxier::sync::daemon;
 use netlink::ipvs::Scheduler;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ipvs-proxier",
     version,
-    about = "kube-proxy --proxy-mode=ipvs, in Rust"
+    about = "kube-proxy --proxy-mode=ipvs, in Rust",
+    args_conflicts_with_subcommands = true
 )]
-struct Cli {
+struct Invocation {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    proxy: config::Cli,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,16 +87,112 @@ impl From<Common> for CommonArgs {
     }
 }
 
-fn main() -> ExitCode {
+/// klog verbosity to a tracing level: 0-3 info (kube-proxy logs changes at 2), 4 debug,
+/// 5+ trace. `RUST_LOG` wins when set.
+fn init_logging(verbosity: u32) {
+    let level = match verbosity {
+        0..=3 => "info",
+        4 => "debug",
+        _ => "trace",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    // Two workers: the HTTP servers keep answering while a sync blocks one on iptables.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Invocation::parse();
+    match cli.command {
+        Some(command) => {
+            init_logging(0);
+            subcommand(command)
+        }
+        None => proxy(cli.proxy),
+    }
+}
+
+fn proxy(cli: config::Cli) -> ExitCode {
+    let (settings, warnings) = match config::load(cli) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Logging is configured by these very settings, so this one goes out plainly.
+            eprintln!("ipvs-proxier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.verbosity);
+    for w in &warnings {
+        tracing::warn!(setting = %w.setting, "{}", w.message);
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(act(&settings))
+}
+
+async fn act(settings: &ProxierSettings) -> ExitCode {
+    match settings.action {
+        Action::Cleanup => {
+            let scope = CleanupScope {
+                families: daemon::families(settings),
+                exclude_cidrs: settings.exclude_cidrs.clone(),
+                iptables_backend: daemon::backend_choice(settings.iptables_backend),
+                dummy: daemon::DUMMY.to_owned(),
+            };
+            let report = cleanup::cleanup(&scope).await;
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Action::InitOnly => {
+            match cleanup::init_only(
+                std::path::Path::new("/proc/sys"),
+                settings.strict_arp,
+                &settings.ipvs_timeouts,
+            )
+            .await
+            {
+                Ok(written) => {
+                    tracing::info!(sysctls_written = ?written, "init done");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "init failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Action::Run => match daemon::run(settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "ipvs-proxier failed");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn subcommand(command: Command) -> ExitCode {
+    match command {
         Command::Plan(common) => match cmd::plan(&common.into()) {
             Ok(text) => {
                 print!("{text}");
@@ -99,7 +205,7 @@ fn main() -> ExitCode {
         },
         Command::Sync { common, once } => {
             if !once {
-                tracing::error!("only `sync --once` exists so far");
+                tracing::error!("`sync` needs --once; run without a subcommand for the daemon");
                 return ExitCode::from(2);
             }
             match cmd::sync_once(&common.into()) {

@@ -18,9 +18,12 @@
 //! its name and reported, and never blocks the others. Nothing is cached between syncs: a
 //! fresh process over a programmed node computes the same (empty) changes as a long-lived one.
 
+pub mod cleanup;
 pub mod cmd;
+pub mod daemon;
 pub mod graceful;
 pub mod manifests;
+pub mod runner;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
