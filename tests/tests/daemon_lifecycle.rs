@@ -1,0 +1,341 @@
+//! The real `ipvs-proxier` binary as kube-proxy runs it (no subcommand), in a fresh netns of
+//! the lab guest, from a manifests directory:
+//!
+//! 1. it programs the expected IPVS table and leaves a foreign virtual server inside
+//!    `--ipvs-exclude-cidrs` alone;
+//! 2. an endpoint removed from the manifests disappears from the kernel within seconds;
+//! 3. a real server deleted behind its back is restored by the periodic resync
+//!    (`--ipvs-sync-period 3s`);
+//! 4. `/healthz`, `/livez`, `/proxyMode` and `/metrics` answer;
+//! 5. SIGTERM: exit status 0 and the dataplane stays in place;
+//! 6. `--cleanup` removes our virtual servers, `kube-ipvs0`, chains and sets, and keeps the
+//!    foreign virtual server and a foreign ipset.
+//!
+//! The binary is built by `tests/lab/test` next to the test binaries (`target/<profile>/`).
+
+// Test helpers outside #[test] fns: a panic there fails the test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_tests::{in_fresh_netns, ipvsadm_save, require_lab, run, run_unchecked, sh};
+use pretty_assertions::assert_eq;
+
+const SYNC_PERIOD_S: u64 = 3;
+/// Room for a sync and a process start on a loaded, emulated 2-CPU guest.
+const SLACK: Duration = Duration::from_secs(15);
+
+/// `target/<profile>/ipvs-proxier`: test binaries live in `target/<profile>/deps/`.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ipvs-proxier"))
+        .unwrap();
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p ipvs-proxier --bin ipvs-proxier` and the \
+         same CARGO_TARGET_DIR and profile as the tests (tests/lab/test does)",
+        path.display()
+    );
+    path
+}
+
+const NODE: &str = "\
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+";
+
+const SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080}
+";
+
+fn slice(ips: &[&str]) -> String {
+    let mut s = String::from(
+        "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, protocol: TCP, port: 8080}
+endpoints:
+",
+    );
+    for ip in ips {
+        s.push_str(&format!(
+            "- addresses: [{ip}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-1\n"
+        ));
+    }
+    s
+}
+
+const FOREIGN_VS: &str = "-A -t 10.97.0.1:80 -s rr";
+
+fn table(ips: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        FOREIGN_VS.to_owned(),
+        "-A -t 10.96.0.10:80 -s rr".to_owned(),
+    ];
+    v.extend(
+        ips.iter()
+            .map(|ip| format!("-a -t 10.96.0.10:80 -r {ip}:8080 -m -w 1")),
+    );
+    v.sort();
+    v
+}
+
+fn kernel_table() -> Vec<String> {
+    let mut v: Vec<String> = ipvsadm_save().unwrap().lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// Polls `ipvsadm -Sn` until it equals `want`; returns how long that took.
+fn wait_for_table(want: &[String], within: Duration, daemon: &mut Daemon, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = kernel_table();
+        if got == want {
+            return started.elapsed();
+        }
+        daemon.assert_running(what);
+        if started.elapsed() > within {
+            assert_eq!(got, want, "{what}: not reached within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon process; killed on drop if the test fails half-way.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(args: &[&str], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        let child = self.child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what}: the daemon exited ({status}); its log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Sends `signal` (a `kill` name: TERM, INT) and waits (bounded) for the exit.
+    fn stop(&mut self, signal: &str, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        run("kill", &[format!("-{signal}"), child.id().to_string()]).unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no exit within {within:?} of SIG{signal}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("daemon log:\n{}", self.log());
+        }
+    }
+}
+
+/// One HTTP/1.0 GET on loopback: (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn daemon_runs_resyncs_stops_and_cleans_up() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let dir = std::env::temp_dir().join(format!("daemon-lifecycle-{}", std::process::id()));
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("node.yaml"), NODE).unwrap();
+        std::fs::write(manifests.join("web.yaml"), SERVICE).unwrap();
+        std::fs::write(
+            manifests.join("web-slice.yaml"),
+            slice(&["10.244.1.2", "10.244.1.3"]),
+        )
+        .unwrap();
+        // Foreign objects: a virtual server inside the excluded CIDR and an ipset.
+        run("ipvsadm", &["-A", "-t", "10.97.0.1:80", "-s", "rr"]).unwrap();
+        run("ipset", &["create", "FOREIGN", "hash:ip"]).unwrap();
+
+        let manifests_arg = manifests.to_str().unwrap().to_owned();
+        let sync_period = format!("{SYNC_PERIOD_S}s");
+        let common = [
+            "--manifests",
+            manifests_arg.as_str(),
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--ipvs-exclude-cidrs",
+            "10.97.0.0/16",
+        ];
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend([
+            "--ipvs-sync-period",
+            sync_period.as_str(),
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+            "--metrics-bind-address",
+            "127.0.0.1:10249",
+            "-v",
+            "4",
+        ]);
+        let started = Instant::now();
+        let mut daemon = Daemon::start(&args, dir.join("daemon.log"));
+
+        // 1. The first sync.
+        let want = table(&["10.244.1.2", "10.244.1.3"]);
+        let first = wait_for_table(&want, SLACK, &mut daemon, "first sync");
+        eprintln!("first sync visible {first:?} after start");
+        let vips = sh("ip -o addr show dev kube-ipvs0").unwrap();
+        assert!(vips.contains("10.96.0.10/32"), "{vips}");
+
+        // 2. An endpoint goes away in the manifests (the source polls every second).
+        std::fs::write(manifests.join("web-slice.yaml"), slice(&["10.244.1.2"])).unwrap();
+        let want = table(&["10.244.1.2"]);
+        let took = wait_for_table(&want, SLACK, &mut daemon, "endpoint removed");
+        eprintln!("endpoint removal in the kernel after {took:?}");
+
+        // 3. Drift: a real server deleted behind the daemon's back comes back with the
+        //    periodic resync, within one sync period (plus slack for a loaded guest).
+        run(
+            "ipvsadm",
+            &["-d", "-t", "10.96.0.10:80", "-r", "10.244.1.2:8080"],
+        )
+        .unwrap();
+        let took = wait_for_table(
+            &want,
+            Duration::from_secs(SYNC_PERIOD_S) + SLACK,
+            &mut daemon,
+            "drift repaired",
+        );
+        eprintln!("deleted real server restored after {took:?}");
+        assert!(
+            took <= Duration::from_secs(SYNC_PERIOD_S) + Duration::from_secs(5),
+            "drift repaired only after {took:?} (sync period {SYNC_PERIOD_S}s)"
+        );
+
+        // 4. Health and metrics.
+        let (code, body) = get(10256, "/healthz");
+        assert_eq!(code, 200, "/healthz: {body}");
+        let (code, _) = get(10256, "/livez");
+        assert_eq!(code, 200);
+        assert_eq!(get(10249, "/proxyMode"), (200, "ipvs".to_owned()));
+        let (code, metrics) = get(10249, "/metrics");
+        assert_eq!(code, 200);
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}",
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+        ] {
+            assert!(
+                metrics.contains(name),
+                "{name} missing from /metrics:\n{metrics}"
+            );
+        }
+
+        // 5. SIGTERM: a clean exit that leaves the dataplane in place.
+        let status = daemon.stop("TERM", SLACK);
+        assert!(status.success(), "exit {status}; log:\n{}", daemon.log());
+        assert_eq!(kernel_table(), want, "dataplane after SIGTERM");
+        let log = daemon.log();
+        assert!(log.contains("the dataplane is left in place"), "{log}");
+        eprintln!("run phase took {:?}", started.elapsed());
+
+        // 6. --cleanup: ours gone, foreign objects kept.
+        let mut cleanup_args: Vec<&str> = common.to_vec();
+        cleanup_args.push("--cleanup");
+        let out = run_unchecked(binary().to_str().unwrap(), &cleanup_args).unwrap();
+        assert!(out.success(), "--cleanup failed: {}", out.stderr);
+        assert_eq!(
+            kernel_table(),
+            vec![FOREIGN_VS.to_owned()],
+            "after --cleanup"
+        );
+        let link = run_unchecked("ip", &["link", "show", "kube-ipvs0"]).unwrap();
+        assert!(!link.success(), "kube-ipvs0 survived --cleanup");
+        let sets = run("ipset", &["list", "-n"]).unwrap().stdout;
+        let sets: Vec<&str> = sets.lines().collect();
+        assert_eq!(sets, ["FOREIGN"], "ipsets after --cleanup");
+        let rules = run("iptables-save", &[] as &[&str]).unwrap().stdout;
+        assert!(
+            !rules.contains("KUBE-"),
+            "iptables after --cleanup:\n{rules}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
