@@ -13,7 +13,8 @@ use ipnet::IpNet;
 use ipvs_proxier::config::{self, Action, ProxierSettings};
 use ipvs_proxier::sync::cleanup::{self, CleanupScope};
 use ipvs_proxier::sync::cmd::{self, CommonArgs};
-use ipvs_proxier::sync::daemon;
+use ipvs_proxier::sync::daemon::{self, RunOptions};
+use ipvs_proxier::sync::status;
 use netlink::ipvs::Scheduler;
 
 #[derive(Debug, Parser)]
@@ -28,6 +29,10 @@ struct Invocation {
     command: Option<Command>,
     #[command(flatten)]
     proxy: config::Cli,
+    /// Where the daemon records which Service port owns each virtual server, for
+    /// `ipvs-proxier status`; empty: not recorded.
+    #[arg(long, value_name = "PATH", default_value = status::DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +46,12 @@ enum Command {
         /// One sync, then exit (0 when no object failed).
         #[arg(long)]
         once: bool,
+    },
+    /// Print this node's IPVS table, each virtual server annotated with its Service port
+    /// (as recorded by the running daemon's last sync).
+    Status {
+        #[arg(long, value_name = "PATH", default_value = status::DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
     },
 }
 
@@ -120,11 +131,16 @@ fn main() -> ExitCode {
             init_logging(0);
             subcommand(command)
         }
-        None => proxy(cli.proxy),
+        None => {
+            let options = RunOptions {
+                state_file: (!cli.state_file.as_os_str().is_empty()).then_some(cli.state_file),
+            };
+            proxy(cli.proxy, &options)
+        }
     }
 }
 
-fn proxy(cli: config::Cli) -> ExitCode {
+fn proxy(cli: config::Cli, options: &RunOptions) -> ExitCode {
     let (settings, warnings) = match config::load(cli) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -144,10 +160,10 @@ fn proxy(cli: config::Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(act(&settings))
+    rt.block_on(act(&settings, options))
 }
 
-async fn act(settings: &ProxierSettings) -> ExitCode {
+async fn act(settings: &ProxierSettings, options: &RunOptions) -> ExitCode {
     match settings.action {
         Action::Cleanup => {
             let scope = CleanupScope {
@@ -181,7 +197,7 @@ async fn act(settings: &ProxierSettings) -> ExitCode {
                 }
             }
         }
-        Action::Run => match daemon::run(settings).await {
+        Action::Run => match daemon::run(settings, options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "ipvs-proxier failed");
@@ -193,6 +209,7 @@ async fn act(settings: &ProxierSettings) -> ExitCode {
 
 fn subcommand(command: Command) -> ExitCode {
     match command {
+        Command::Status { state_file } => print_status(&state_file),
         Command::Plan(common) => match cmd::plan(&common.into()) {
             Ok(text) => {
                 print!("{text}");
@@ -225,6 +242,38 @@ fn subcommand(command: Command) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn print_status(state_file: &std::path::Path) -> ExitCode {
+    let owners = match std::fs::read_to_string(state_file) {
+        Ok(text) => status::parse_owners(&text),
+        Err(e) => {
+            tracing::warn!(path = %state_file.display(), error = %e,
+                "no annotations (is the daemon running here?)");
+            Default::default()
+        }
+    };
+    let table = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let mut ipvs = netlink::ipvs::IpvsHandle::connect().await?;
+                ipvs.read_table().await
+            })
+            .map_err(|e| e.to_string())
+        });
+    match table {
+        Ok(table) => {
+            print!("{}", status::annotate(&table, &owners));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the IPVS table");
+            ExitCode::FAILURE
         }
     }
 }

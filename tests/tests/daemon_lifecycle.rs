@@ -6,7 +6,8 @@
 //! 2. an endpoint removed from the manifests disappears from the kernel within seconds;
 //! 3. a real server deleted behind its back is restored by the periodic resync
 //!    (`--ipvs-sync-period 3s`);
-//! 4. `/healthz`, `/livez`, `/proxyMode` and `/metrics` answer;
+//! 4. `/healthz`, `/livez`, `/proxyMode` and `/metrics` answer, and `ipvs-proxier status`
+//!    names the Service port of each virtual server;
 //! 5. SIGTERM: exit status 0 and the dataplane stays in place;
 //! 6. `--cleanup` removes our virtual servers, `kube-ipvs0`, chains and sets, and keeps the
 //!    foreign virtual server and a foreign ipset.
@@ -242,8 +243,12 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
             "--ipvs-exclude-cidrs",
             "10.97.0.0/16",
         ];
+        let state_file = dir.join("virtual-servers");
+        let state_arg = state_file.to_str().unwrap().to_owned();
         let mut args: Vec<&str> = common.to_vec();
         args.extend([
+            "--state-file",
+            state_arg.as_str(),
             "--ipvs-sync-period",
             sync_period.as_str(),
             "--healthz-bind-address",
@@ -307,6 +312,22 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
                 "{name} missing from /metrics:\n{metrics}"
             );
         }
+
+        // `status`: the kernel's table with each virtual server's Service port.
+        let out = run(
+            binary().to_str().unwrap(),
+            &["status", "--state-file", state_arg.as_str()],
+        )
+        .unwrap()
+        .stdout;
+        assert!(
+            out.contains("-A -t 10.96.0.10:80 -s rr  # default/web:http\n"),
+            "status:\n{out}"
+        );
+        assert!(
+            out.contains("-A -t 10.97.0.1:80 -s rr  # not ours\n"),
+            "status:\n{out}"
+        );
 
         // 5. SIGTERM: a clean exit that leaves the dataplane in place.
         let status = daemon.stop("TERM", SLACK);

@@ -18,7 +18,7 @@
 //! update; a sync whose iptables restores succeeded is an update (per-object IPVS failures do
 //! not make the proxier unhealthy, as upstream, but they are retried with backoff).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,10 +26,12 @@ use netlink::AddressFamily;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::runner::{Outcome, Runner, RunnerConfig, Step};
+use super::status;
 use super::{SyncError, SyncOptions, SyncReport, Syncer};
 use crate::config::{IptablesBackend, ProxierSettings};
 use crate::dataplane::iptables::{BackendChoice, Iptables};
 use crate::dataplane::kernel::{KernelOptions, family_name};
+use crate::model::Model;
 use crate::model::manifests::Manifests;
 use crate::plan::NodePortAddresses;
 use crate::serve::{
@@ -123,8 +125,16 @@ pub fn to_manifests(snapshot: &Snapshot) -> Manifests {
     }
 }
 
+/// What the daemon needs besides kube-proxy's settings.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where to write the virtual server annotations for `ipvs-proxier status`
+    /// (`None`: not written).
+    pub state_file: Option<PathBuf>,
+}
+
 /// Runs until SIGTERM/SIGINT. Needs a tokio runtime with I/O and time enabled.
-pub async fn run(settings: &ProxierSettings) -> Result<(), DaemonError> {
+pub async fn run(settings: &ProxierSettings, run_options: &RunOptions) -> Result<(), DaemonError> {
     let families = families(settings);
     tracing::info!(
         node = %settings.node_name,
@@ -176,6 +186,7 @@ pub async fn run(settings: &ProxierSettings) -> Result<(), DaemonError> {
         hc: families.iter().map(|_| None).collect(),
         cancel: cancel.clone(),
         explicit_hc_addresses: !matches!(settings.node_port_addresses, NodePortAddresses::All),
+        state_file: run_options.state_file.clone(),
         syncer,
         objects,
         health,
@@ -230,6 +241,7 @@ struct Daemon {
     /// Health-check servers bind the node port addresses of the plan, not the wildcard.
     explicit_hc_addresses: bool,
     families: Vec<AddressFamily>,
+    state_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -310,6 +322,7 @@ impl Daemon {
         match result {
             Ok(report) => {
                 self.record(&report, took).await;
+                self.write_state(&objects);
                 if report.failures.is_empty() {
                     Outcome::Ok
                 } else {
@@ -323,6 +336,19 @@ impl Daemon {
                 }
                 Outcome::Failed
             }
+        }
+    }
+
+    /// The annotations `ipvs-proxier status` prints; best effort.
+    fn write_state(&self, objects: &Manifests) {
+        let (Some(path), Some(plan)) = (&self.state_file, self.syncer.last_plan()) else {
+            return;
+        };
+        let options = self.syncer.options().plan.model_options();
+        let (model, _) = Model::build(&objects.services, &[], &objects.nodes, &options);
+        let owners = status::owners(&model, &super::desired_table(plan));
+        if let Err(e) = status::write_owners(path, &owners) {
+            tracing::debug!(path = %path.display(), error = %e, "cannot write the status file");
         }
     }
 

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod graceful;
 pub mod manifests;
 pub mod runner;
+pub mod status;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
