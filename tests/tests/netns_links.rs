@@ -34,114 +34,97 @@ fn ip_addrs(dev: &str) -> Vec<String> {
     v
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn dummy_link_vips_and_one_dump_of_node_addresses() {
-    in_netns(|| {
-        cmd(
-            "ip",
-            &["-batch", "-"],
-            Some(
-                "link add eth0 type veth peer name eth0-peer\n\
-                 addr add 10.255.0.1/24 dev eth0\n\
-                 addr add fd00:255::1/64 dev eth0 nodad\n\
-                 link set eth0 up\nlink set eth0-peer up\n",
-            ),
+    // The lab fixture's eth0 (a dummy in the guest, a veth on the host) carries 10.255.0.1/24
+    // and fd00:255::1/64.
+    lab_tests::NetnsCase::new().run(|| async {
+        let links = Links::new().unwrap();
+        let has_dummy = match links.ensure_dummy("kube-ipvs0").await {
+            Ok(_) => true,
+            Err(LinkError::Netlink { .. }) => {
+                eprintln!("no dummy driver in this kernel: using a veth as kube-ipvs0");
+                cmd(
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        "kube-ipvs0",
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        "kip-peer",
+                    ],
+                    None,
+                );
+                false
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let index = links.ensure_dummy("kube-ipvs0").await.unwrap();
+        assert_eq!(links.index_of("kube-ipvs0").await.unwrap(), Some(index));
+        // Left DOWN, as kube-proxy leaves it.
+        let show = cmd("ip", &["-o", "link", "show", "kube-ipvs0"], None);
+        assert!(show.contains("state DOWN"), "{show}");
+        if has_dummy {
+            assert!(show.contains("link/ether"), "{show}");
+            let kind = cmd("ip", &["-d", "-o", "link", "show", "kube-ipvs0"], None);
+            assert!(kind.contains("dummy"), "{kind}");
+        }
+
+        let vips = [ip("10.96.0.1"), ip("10.96.0.10"), ip("fd00:96::1")];
+        for v in vips {
+            assert!(links.bind(index, v).await.unwrap());
+            // Again: EEXIST is success.
+            assert!(!links.bind(index, v).await.unwrap());
+        }
+        assert_eq!(
+            ip_addrs("kube-ipvs0"),
+            ["10.96.0.1/32", "10.96.0.10/32", "fd00:96::1/128"]
         );
-        runtime().block_on(async {
-            let links = Links::new().unwrap();
-            let has_dummy = match links.ensure_dummy("kube-ipvs0").await {
-                Ok(_) => true,
-                Err(LinkError::Netlink { .. }) => {
-                    eprintln!("no dummy driver in this kernel: using a veth as kube-ipvs0");
-                    cmd(
-                        "ip",
-                        &[
-                            "link",
-                            "add",
-                            "kube-ipvs0",
-                            "type",
-                            "veth",
-                            "peer",
-                            "name",
-                            "kip-peer",
-                        ],
-                        None,
-                    );
-                    false
-                }
-                Err(e) => panic!("{e}"),
-            };
-            let index = links.ensure_dummy("kube-ipvs0").await.unwrap();
-            assert_eq!(links.index_of("kube-ipvs0").await.unwrap(), Some(index));
-            // Left DOWN, as kube-proxy leaves it.
-            let show = cmd("ip", &["-o", "link", "show", "kube-ipvs0"], None);
-            assert!(show.contains("state DOWN"), "{show}");
-            if has_dummy {
-                assert!(show.contains("link/ether"), "{show}");
-                let kind = cmd("ip", &["-d", "-o", "link", "show", "kube-ipvs0"], None);
-                assert!(kind.contains("dummy"), "{kind}");
-            }
 
-            let vips = [ip("10.96.0.1"), ip("10.96.0.10"), ip("fd00:96::1")];
-            for v in vips {
-                assert!(links.bind(index, v).await.unwrap());
-                // Again: EEXIST is success.
-                assert!(!links.bind(index, v).await.unwrap());
-            }
-            assert_eq!(
-                ip_addrs("kube-ipvs0"),
-                ["10.96.0.1/32", "10.96.0.10/32", "fd00:96::1/128"]
-            );
+        let split = links.node_addresses(index).await.unwrap();
+        let mut on: Vec<IpAddr> = split.on_link.clone();
+        on.sort();
+        assert_eq!(on, vips);
+        let mut elsewhere: Vec<(IpAddr, bool)> = split
+            .elsewhere
+            .iter()
+            .map(|a| (a.addr, a.host_or_link_scope))
+            .collect();
+        elsewhere.sort();
+        // lo's addresses (host scope), eth0's; eth0's fe80:: may or may not be there yet.
+        elsewhere.retain(|(a, _)| !matches!(a, IpAddr::V6(v) if v.segments()[0] == 0xfe80));
+        assert_eq!(
+            elsewhere,
+            [
+                (ip("10.255.0.1"), false),
+                (ip("127.0.0.1"), true),
+                (ip("::1"), true),
+                (ip("fd00:255::1"), false),
+            ]
+        );
 
-            let split = links.node_addresses(index).await.unwrap();
-            let mut on: Vec<IpAddr> = split.on_link.clone();
-            on.sort();
-            assert_eq!(on, vips);
-            let mut elsewhere: Vec<(IpAddr, bool)> = split
-                .elsewhere
-                .iter()
-                .map(|a| (a.addr, a.host_or_link_scope))
-                .collect();
-            elsewhere.sort();
-            // lo's addresses (host scope), eth0's; eth0's fe80:: may or may not be there yet.
-            elsewhere.retain(|(a, _)| !matches!(a, IpAddr::V6(v) if v.segments()[0] == 0xfe80));
-            assert_eq!(
-                elsewhere,
-                [
-                    (ip("10.255.0.1"), false),
-                    (ip("127.0.0.1"), true),
-                    (ip("::1"), true),
-                    (ip("fd00:255::1"), false),
-                ]
-            );
+        assert!(links.unbind(index, ip("10.96.0.10")).await.unwrap());
+        assert!(links.unbind(index, ip("fd00:96::1")).await.unwrap());
+        // Again: EADDRNOTAVAIL is success.
+        assert!(!links.unbind(index, ip("10.96.0.10")).await.unwrap());
+        assert!(!links.unbind(index, ip("fd00:96::1")).await.unwrap());
+        assert_eq!(ip_addrs("kube-ipvs0"), ["10.96.0.1/32"]);
 
-            assert!(links.unbind(index, ip("10.96.0.10")).await.unwrap());
-            assert!(links.unbind(index, ip("fd00:96::1")).await.unwrap());
-            // Again: EADDRNOTAVAIL is success.
-            assert!(!links.unbind(index, ip("10.96.0.10")).await.unwrap());
-            assert!(!links.unbind(index, ip("fd00:96::1")).await.unwrap());
-            assert_eq!(ip_addrs("kube-ipvs0"), ["10.96.0.1/32"]);
-
-            // --cleanup deletes only a dummy.
-            if has_dummy {
-                assert!(links.delete_dummy("kube-ipvs0").await.unwrap());
-                assert_eq!(links.index_of("kube-ipvs0").await.unwrap(), None);
-                assert!(!links.delete_dummy("kube-ipvs0").await.unwrap());
-            } else {
-                let err = links.delete_dummy("kube-ipvs0").await.unwrap_err();
-                assert!(matches!(err, LinkError::NotDummy { .. }), "{err}");
-                assert!(links.index_of("kube-ipvs0").await.unwrap().is_some());
-            }
-            let err = links.delete_dummy("eth0").await.unwrap_err();
-            assert!(err.to_string().contains("eth0"), "{err}");
-        });
+        // --cleanup deletes only a dummy.
+        if has_dummy {
+            assert!(links.delete_dummy("kube-ipvs0").await.unwrap());
+            assert_eq!(links.index_of("kube-ipvs0").await.unwrap(), None);
+            assert!(!links.delete_dummy("kube-ipvs0").await.unwrap());
+        } else {
+            let err = links.delete_dummy("kube-ipvs0").await.unwrap_err();
+            assert!(matches!(err, LinkError::NotDummy { .. }), "{err}");
+            assert!(links.index_of("kube-ipvs0").await.unwrap().is_some());
+        }
+        let err = links.delete_dummy("eth0").await.unwrap_err();
+        assert!(err.to_string().contains("eth0"), "{err}");
     });
 }
 

@@ -6,58 +6,26 @@
 // Test helpers: a panic is how a helper fails the test that called it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use netlink::AddressFamily;
 use netlink::ipset::{SetSpec, SetType};
 
-/// Runs `f` on a new thread that first moved into a new, empty network namespace (with `lo`
-/// up). ipset, iptables and netlink sockets opened there only see that namespace; the
-/// namespace disappears when the thread ends.
-pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let joined = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET): are we root?");
-        cmd("ip", &["link", "set", "lo", "up"], None);
-        f()
-    })
-    .join();
-    match joined {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+/// Runs `f` in a new, empty network namespace (only `lo`, up) on a thread of its own: the lab
+/// crate's bare [`lab_tests::NetnsCase`]. ipset, iptables and netlink sockets opened there only
+/// see that namespace; it disappears when the thread ends.
+pub fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    lab_tests::NetnsCase::new()
+        .bare()
+        .run(|| async move { f() })
 }
 
 /// Runs a program (in the calling thread's namespace), feeding `stdin`; panics with its stderr
 /// when it fails.
 pub fn cmd(program: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let out = match stdin {
+        Some(input) => lab_tests::run_with_stdin(program, args, input.as_bytes()),
+        None => lab_tests::run(program, args),
+    };
+    out.unwrap_or_else(|e| panic!("{e}")).stdout
 }
 
 /// kube-proxy's set name for a family: `KUBE-` becomes `KUBE-6-` for IPv6, cut to 31 bytes.
