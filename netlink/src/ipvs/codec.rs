@@ -542,6 +542,31 @@ pub fn split_messages(
     })
 }
 
+/// `CTRL_ATTR_FAMILY_ID` of the generic netlink controller.
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+
+/// The family id in one message of the controller's answer to `CTRL_CMD_GETFAMILY` (the
+/// payload after the netlink header: genl header, then attributes); `None` when the message
+/// names none.
+///
+/// Read here rather than with `netlink_packet_generic::ctrl::GenlCtrl`, whose parser panics
+/// on some malformed attributes (a `CTRL_ATTR_POLICY` nest holding a value shorter than an
+/// attribute header: it reads it with an unchecked `NlaBuffer`), found by
+/// `tests/fuzz_decoders.rs`. Only the id is needed.
+pub fn ctrl_family_id(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
+    let attrs = payload
+        .get(GENL_HDR_LEN..)
+        .ok_or("generic netlink message shorter than its header")?;
+    let mut id = None;
+    for nla in NlasIterator::new(attrs) {
+        let nla = nla?;
+        if nla.kind() == CTRL_ATTR_FAMILY_ID {
+            id = Some(u16_ne(nla.value())?);
+        }
+    }
+    Ok(id)
+}
+
 /// The errno of an `NLMSG_ERROR` payload: 0 for an ack, a negative errno for a failure.
 pub fn error_code(payload: &[u8]) -> Result<i32, DecodeError> {
     let bytes = payload.get(0..4).ok_or("NLMSG_ERROR too short")?;

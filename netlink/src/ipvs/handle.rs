@@ -10,8 +10,7 @@ use std::io;
 use std::ops::Range;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkMessage, NetlinkPayload,
-    ParseableParametrized,
+    NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkMessage, ParseableParametrized,
 };
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
@@ -23,6 +22,9 @@ use netlink_sys::{
 use super::codec::{
     self, DestinationEntry, IpvsInfo, IpvsReply, IpvsRequest, ServiceEntry, Timeouts,
 };
+/// `NLMSG_MIN_TYPE`: types below it are netlink's own (error, done, ...).
+const NLMSG_MIN_TYPE: u16 = 0x10;
+
 use super::types::{Destination, DestinationKey, Service, ServiceKey, Table, VirtualServer};
 
 /// What went wrong, as a caller can act on it.
@@ -275,31 +277,25 @@ impl IpvsHandle {
         loop {
             self.recv_datagram().await?;
             let mut done = false;
-            let mut offset = 0;
-            while offset < self.rx.len() {
-                let reply =
-                    NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&self.rx[offset..])
-                        .map_err(|e| IpvsError::Decode(e.to_string()))?;
-                offset += (reply.header.length as usize + 3) & !3;
-                if reply.header.sequence_number != seq || reply.header.length == 0 {
-                    if reply.header.length == 0 {
-                        break;
-                    }
+            for m in codec::split_messages(&self.rx) {
+                let (h, payload) = m.map_err(|e| IpvsError::Decode(e.to_string()))?;
+                if h.seq != seq {
                     continue;
                 }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        family = m.payload.nlas.iter().find_map(|a| match a {
-                            GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                            _ => None,
-                        });
-                    }
-                    NetlinkPayload::Error(e) => {
-                        if e.code.is_some() {
+                match h.message_type {
+                    NLMSG_ERROR => {
+                        let code = codec::error_code(payload)
+                            .map_err(|e| IpvsError::Decode(e.to_string()))?;
+                        if code != 0 {
                             // ENOENT: no such family.
                             return Err(IpvsError::IpvsUnavailable);
                         }
                         done = true;
+                    }
+                    // Any other type is the controller's answer (GENL_ID_CTRL).
+                    t if t >= NLMSG_MIN_TYPE => {
+                        family = codec::ctrl_family_id(payload)
+                            .map_err(|e| IpvsError::Decode(e.to_string()))?;
                     }
                     _ => done = true,
                 }
