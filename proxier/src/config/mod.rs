@@ -132,6 +132,16 @@ impl IpvsTimeouts {
     pub fn any_set(&self) -> bool {
         !(self.tcp.is_zero() && self.tcp_fin.is_zero() && self.udp.is_zero())
     }
+
+    /// Whole seconds as `IPVS_CMD_SET_CONFIG` takes them, saturating at `u32::MAX`.
+    pub fn to_kernel(&self) -> netlink::ipvs::Timeouts {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        netlink::ipvs::Timeouts {
+            tcp: secs(self.tcp),
+            tcp_fin: secs(self.tcp_fin),
+            udp: secs(self.udp),
+        }
+    }
 }
 
 /// A setting that was accepted but has no effect (or not the one kube-proxy gives it).

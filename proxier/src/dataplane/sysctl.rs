@@ -2,10 +2,9 @@
 //! only when they differ, as kube-proxy's `EnsureSysctl` does.
 //!
 //! The IPVS connection timeouts (`--ipvs-tcp-timeout` & co.) are not sysctls: they go through
-//! `IPVS_CMD_SET_CONFIG` on the IPVS netlink handle. [`IpvsTimeouts`] carries them to it.
+//! `IPVS_CMD_SET_CONFIG` on the IPVS netlink handle (`crate::config::IpvsTimeouts`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A sysctl that could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -163,29 +162,6 @@ impl Sysctls {
     /// The root this instance reads, e.g. `/proc/sys`.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-}
-
-/// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`. Zero keeps the
-/// kernel's value. Hook for the IPVS handle: when [`IpvsTimeouts::any_set`], send
-/// `IPVS_CMD_SET_CONFIG` with [`IpvsTimeouts::as_set_config`] (u32 seconds each, 0 =
-/// unchanged), once at startup, next to [`Sysctls::ensure_ipvs`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IpvsTimeouts {
-    pub tcp: Duration,
-    pub tcp_fin: Duration,
-    pub udp: Duration,
-}
-
-impl IpvsTimeouts {
-    pub fn any_set(&self) -> bool {
-        !(self.tcp.is_zero() && self.tcp_fin.is_zero() && self.udp.is_zero())
-    }
-
-    /// `(TIMEOUT_TCP, TIMEOUT_TCP_FIN, TIMEOUT_UDP)` in whole seconds, saturating.
-    pub fn as_set_config(&self) -> (u32, u32, u32) {
-        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        (secs(self.tcp), secs(self.tcp_fin), secs(self.udp))
     }
 }
 

@@ -24,7 +24,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use netlink::AddressFamily;
 use netlink::ipset::IpsetHandle;
-use netlink::ipvs::{IpvsHandle, Operation, ServiceKey, Timeouts};
+use netlink::ipvs::{IpvsHandle, Operation, ServiceKey};
 use netlink::link::Links;
 
 use crate::config::IpvsTimeouts;
@@ -288,12 +288,7 @@ pub async fn set_timeouts(timeouts: &IpvsTimeouts) -> Result<(), netlink::ipvs::
     if !timeouts.any_set() {
         return Ok(());
     }
-    let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    let t = Timeouts {
-        tcp: secs(timeouts.tcp),
-        tcp_fin: secs(timeouts.tcp_fin),
-        udp: secs(timeouts.udp),
-    };
+    let t = timeouts.to_kernel();
     IpvsHandle::connect().await?.set_timeouts(&t).await?;
     tracing::info!(
         tcp = t.tcp,
