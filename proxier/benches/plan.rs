@@ -7,17 +7,12 @@
 //! the same binary can run under `valgrind --tool=callgrind` at a size valgrind copes with
 //! (`PLAN_BENCH_SERVICES=1000 PLAN_BENCH_RUNS=1`).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use ipvs_proxier::model::Model;
 use ipvs_proxier::plan::{ConfigFile, plan, plan_objects, render};
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
-};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ipvs_proxier::synthetic::{self, Mix};
 use netlink::AddressFamily;
 
 const SERVICES: u32 = 10_000;
@@ -30,85 +25,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn ip(base: [u8; 2], n: u32) -> String {
-    format!("{}.{}.{}.{}", base[0], base[1], (n >> 8) & 0xff, n & 0xff)
-}
-
-fn objects(count: u32) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
-    for i in 0..count {
-        let name = format!("svc-{i}");
-        let node_port = (i % 2 == 0).then(|| 30000 + i32::try_from(i / 2).unwrap_or(0));
-        let lb = i % 10 == 0;
-        services.push(Service {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some("bench".to_owned()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some(
-                    if lb {
-                        "LoadBalancer"
-                    } else if node_port.is_some() {
-                        "NodePort"
-                    } else {
-                        "ClusterIP"
-                    }
-                    .to_owned(),
-                ),
-                cluster_ip: Some(ip([10, 96], i)),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    node_port,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: lb.then(|| ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![LoadBalancerIngress {
-                        ip: Some(ip([203, 0], i)),
-                        ..Default::default()
-                    }]),
-                }),
-                ..Default::default()
-            }),
-        });
-        slices.push(EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-abcde")),
-                namespace: Some("bench".to_owned()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/service-name".to_owned(),
-                    name.clone(),
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".to_owned(),
-            ports: Some(vec![EndpointPort {
-                name: Some(String::new()),
-                port: Some(8080),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
-            endpoints: (0..ENDPOINTS)
-                .map(|e| Endpoint {
-                    addresses: vec![ip([10, 244], i * ENDPOINTS + e)],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    node_name: Some(format!("node-{}", e % 5)),
-                    ..Default::default()
-                })
-                .collect(),
-        });
-    }
-    (services, slices)
 }
 
 /// (best, median) of some runs: the best shows the cost on an idle core, the median how a
@@ -171,7 +87,14 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Figure, T) {
 fn main() {
     let count = env_or("PLAN_BENCH_SERVICES", SERVICES);
     let runs = env_or("PLAN_BENCH_RUNS", RUNS);
-    let (services, slices) = objects(count);
+    let (services, slices) = synthetic::cluster(
+        count,
+        ENDPOINTS,
+        Mix {
+            node_port_every: 2,
+            load_balancer_every: 10,
+        },
+    );
     let (config, facts) = ConfigFile::parse(
         "nodeName: node-0\nipFamilies: [IPv4]\nclusterCIDRs: [10.244.0.0/16]\n\
          nodeIPs: [10.255.0.1, 192.168.1.5]\nprimaryNodeIPs: [10.255.0.1]\n",

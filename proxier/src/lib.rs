@@ -12,3 +12,4 @@ pub mod plan;
 pub mod serve;
 pub mod source;
 pub mod sync;
+pub mod synthetic;
