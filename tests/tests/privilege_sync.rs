@@ -7,6 +7,9 @@
 //! Capabilities are dropped with util-linux `setpriv` (a host binary; the guest runs the
 //! host's `/`).
 
+// Test helpers outside #[test] fns: a panic there fails the test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use lab_tests::{CmdOutput, in_fresh_netns, ipvsadm_save, require_lab, run, run_unchecked};
