@@ -227,6 +227,29 @@ pub fn ipvsadm_save() -> Result<String> {
     run("ipvsadm", &["-Sn"]).map(|o| o.stdout)
 }
 
+/// The `ipvs-proxier` binary built next to the running test binary
+/// (`target/<profile>/ipvs-proxier`; test binaries live in `target/<profile>/deps/`).
+/// `tests/lab/test` builds it with the same target dir and profile as the tests.
+///
+/// # Panics
+/// When it is missing: a fixture failure with instructions, not a skipped test.
+#[allow(clippy::panic, clippy::expect_used)] // fixture: a missing binary fails the test
+pub fn proxier_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("ipvs-proxier"))
+        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p ipvs-proxier --bin ipvs-proxier` and the \
+         same CARGO_TARGET_DIR and profile as the tests (tests/lab/test does)",
+        path.display()
+    );
+    path
+}
+
 /// The directory [`write_artifact`] writes to: `$LAB_ARTIFACTS` (the results share in the
 /// guest), else `<temp dir>/ipvs-proxier-lab-artifacts`.
 pub fn artifacts_dir() -> PathBuf {

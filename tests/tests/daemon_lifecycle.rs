@@ -19,33 +19,18 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use lab_tests::{in_fresh_netns, ipvsadm_save, require_lab, run, run_unchecked, sh};
+use lab_tests::{
+    in_fresh_netns, ipvsadm_save, proxier_binary, require_lab, run, run_unchecked, sh,
+};
 use pretty_assertions::assert_eq;
 
 const SYNC_PERIOD_S: u64 = 3;
 /// Room for a sync and a process start on a loaded, emulated 2-CPU guest.
 const SLACK: Duration = Duration::from_secs(15);
-
-/// `target/<profile>/ipvs-proxier`: test binaries live in `target/<profile>/deps/`.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ipvs-proxier"))
-        .unwrap();
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build -p ipvs-proxier --bin ipvs-proxier` and the \
-         same CARGO_TARGET_DIR and profile as the tests (tests/lab/test does)",
-        path.display()
-    );
-    path
-}
 
 const NODE: &str = "\
 apiVersion: v1
@@ -135,7 +120,7 @@ struct Daemon {
 impl Daemon {
     fn start(args: &[&str], log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary())
+        let child = Command::new(proxier_binary())
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -315,7 +300,7 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
 
         // `status`: the kernel's table with each virtual server's Service port.
         let out = run(
-            binary().to_str().unwrap(),
+            proxier_binary().to_str().unwrap(),
             &["status", "--state-file", state_arg.as_str()],
         )
         .unwrap()
@@ -340,7 +325,7 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         // 6. --cleanup: ours gone, foreign objects kept.
         let mut cleanup_args: Vec<&str> = common.to_vec();
         cleanup_args.push("--cleanup");
-        let out = run_unchecked(binary().to_str().unwrap(), &cleanup_args).unwrap();
+        let out = run_unchecked(proxier_binary().to_str().unwrap(), &cleanup_args).unwrap();
         assert!(out.success(), "--cleanup failed: {}", out.stderr);
         assert_eq!(
             kernel_table(),

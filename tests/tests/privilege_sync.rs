@@ -10,26 +10,11 @@
 // Test helpers outside #[test] fns: a panic there fails the test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use lab_tests::{CmdOutput, in_fresh_netns, ipvsadm_save, require_lab, run, run_unchecked};
-
-/// `target/<profile>/ipvs-proxier`: test binaries live in `target/<profile>/deps/`.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ipvs-proxier"))
-        .unwrap();
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build -p ipvs-proxier --bin ipvs-proxier` and the \
-         same CARGO_TARGET_DIR and profile as the tests",
-        path.display()
-    );
-    path
-}
+use lab_tests::{
+    CmdOutput, in_fresh_netns, ipvsadm_save, proxier_binary, require_lab, run, run_unchecked,
+};
 
 fn examples() -> String {
     format!("{}/../examples", env!("CARGO_MANIFEST_DIR"))
@@ -94,7 +79,7 @@ fn report(what: &str, out: &CmdOutput) {
 #[test]
 fn sync_needs_only_net_admin_and_net_raw() {
     require_lab();
-    let bin = binary();
+    let bin = proxier_binary();
     assert!(
         run("setpriv", &["--version"]).is_ok(),
         "util-linux setpriv is needed"
@@ -133,7 +118,7 @@ fn sync_needs_only_net_admin_and_net_raw() {
 #[test]
 fn sync_with_net_admin_alone_fails_only_at_iptables() {
     require_lab();
-    let args = sync_args(&binary());
+    let args = sync_args(&proxier_binary());
     in_fresh_netns(|| async {
         preset_sysctls();
         let out = as_nobody("+net_admin", &args);
@@ -157,7 +142,7 @@ fn sync_with_net_admin_alone_fails_only_at_iptables() {
 #[test]
 fn sync_without_capabilities_fails_clearly() {
     require_lab();
-    let args = sync_args(&binary());
+    let args = sync_args(&proxier_binary());
     in_fresh_netns(|| async {
         preset_sysctls();
         let out = as_nobody("", &args);
