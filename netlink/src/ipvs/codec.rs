@@ -25,7 +25,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
     DecodeError, Emitable, NLA_F_NESTED, NLA_HEADER_SIZE, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST, NlaBuffer, NlasIterator, ParseableParametrized,
+    NLM_F_REQUEST, NlaBuffer, NlasIterator, ParseableParametrized, parse_u8, parse_u16,
+    parse_u16_be, parse_u32, parse_u64,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
@@ -462,8 +463,8 @@ impl ParseableParametrized<[u8], GenlHeader> for IpvsReply {
                 for nla in NlasIterator::new(buf) {
                     let nla = nla?;
                     match nla.kind() {
-                        info_attr::VERSION => info.version = u32_ne(nla.value())?,
-                        info_attr::CONN_TAB_SIZE => info.conn_table_size = u32_ne(nla.value())?,
+                        info_attr::VERSION => info.version = parse_u32(nla.value())?,
+                        info_attr::CONN_TAB_SIZE => info.conn_table_size = parse_u32(nla.value())?,
                         _ => {}
                     }
                 }
@@ -522,11 +523,11 @@ pub fn split_messages(
             return None;
         }
         let h = MessageHeader {
-            length: u32_ne(&buf[0..4]).ok()?,
-            message_type: u16_ne(&buf[4..6]).ok()?,
-            flags: u16_ne(&buf[6..8]).ok()?,
-            seq: u32_ne(&buf[8..12]).ok()?,
-            port: u32_ne(&buf[12..16]).ok()?,
+            length: parse_u32(&buf[0..4]).ok()?,
+            message_type: parse_u16(&buf[4..6]).ok()?,
+            flags: parse_u16(&buf[6..8]).ok()?,
+            seq: parse_u32(&buf[8..12]).ok()?,
+            port: parse_u32(&buf[12..16]).ok()?,
         };
         let len = h.length as usize;
         if len < NLMSG_HDR_LEN || len > buf.len() {
@@ -561,7 +562,7 @@ pub fn ctrl_family_id(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
     for nla in NlasIterator::new(attrs) {
         let nla = nla?;
         if nla.kind() == CTRL_ATTR_FAMILY_ID {
-            id = Some(u16_ne(nla.value())?);
+            id = Some(parse_u16(nla.value())?);
         }
     }
     Ok(id)
@@ -601,7 +602,7 @@ impl AttrWriter {
         self.bytes(kind, &v.to_ne_bytes());
     }
 
-    fn be16(&mut self, kind: u16, v: u16) {
+    fn parse_u16_be(&mut self, kind: u16, v: u16) {
         self.bytes(kind, &v.to_be_bytes());
     }
 
@@ -676,7 +677,7 @@ fn write_service_key(w: &mut AttrWriter, key: &ServiceKey) {
         } => {
             w.u16(svc_attr::PROTOCOL, protocol.number());
             w.addr(svc_attr::ADDR, addr);
-            w.be16(svc_attr::PORT, *port);
+            w.parse_u16_be(svc_attr::PORT, *port);
         }
         ServiceKey::Fwmark { mark, .. } => w.u32(svc_attr::FWMARK, *mark),
     }
@@ -726,7 +727,7 @@ fn tunnel_parts(f: &ForwardMethod) -> (u8, u16, u16) {
 fn write_destination_key(w: &mut AttrWriter, d: &DestinationKey) {
     w.u16(dest_attr::ADDR_FAMILY, AddressFamily::of(&d.addr).number());
     w.addr(dest_attr::ADDR, &d.addr);
-    w.be16(dest_attr::PORT, d.port);
+    w.parse_u16_be(dest_attr::PORT, d.port);
 }
 
 /// The full real server, in `ipvsadm`'s attribute order.
@@ -736,7 +737,7 @@ fn write_destination(w: &mut AttrWriter, d: &Destination) {
     w.u32(dest_attr::WEIGHT, d.weight);
     let (tun_type, tun_port, tun_flags) = tunnel_parts(&d.forward);
     w.u8(dest_attr::TUN_TYPE, tun_type);
-    w.be16(dest_attr::TUN_PORT, tun_port);
+    w.parse_u16_be(dest_attr::TUN_PORT, tun_port);
     w.u16(dest_attr::TUN_FLAGS, tun_flags);
     w.u32(dest_attr::U_THRESH, d.upper_threshold);
     w.u32(dest_attr::L_THRESH, d.lower_threshold);
@@ -746,12 +747,12 @@ fn write_destination(w: &mut AttrWriter, d: &Destination) {
 fn write_destination_entry(w: &mut AttrWriter, e: &DestinationEntry) {
     let d = &e.destination;
     w.addr(dest_attr::ADDR, &d.addr);
-    w.be16(dest_attr::PORT, d.port);
+    w.parse_u16_be(dest_attr::PORT, d.port);
     w.u32(dest_attr::FWD_METHOD, d.forward.number());
     w.u32(dest_attr::WEIGHT, d.weight);
     let (tun_type, tun_port, tun_flags) = tunnel_parts(&d.forward);
     w.u8(dest_attr::TUN_TYPE, tun_type);
-    w.be16(dest_attr::TUN_PORT, tun_port);
+    w.parse_u16_be(dest_attr::TUN_PORT, tun_port);
     w.u16(dest_attr::TUN_FLAGS, tun_flags);
     w.u32(dest_attr::U_THRESH, d.upper_threshold);
     w.u32(dest_attr::L_THRESH, d.lower_threshold);
@@ -806,41 +807,6 @@ fn write_timeouts(w: &mut AttrWriter, t: &Timeouts) {
 
 // ---------------------------------------------------------------------------------------
 // Attribute parsing
-
-fn u16_ne(v: &[u8]) -> Result<u16, DecodeError> {
-    let b: [u8; 2] = v
-        .try_into()
-        .map_err(|_| DecodeError::invalid_number(2, v.len()))?;
-    Ok(u16::from_ne_bytes(b))
-}
-
-fn be16(v: &[u8]) -> Result<u16, DecodeError> {
-    let b: [u8; 2] = v
-        .try_into()
-        .map_err(|_| DecodeError::invalid_number(2, v.len()))?;
-    Ok(u16::from_be_bytes(b))
-}
-
-fn u32_ne(v: &[u8]) -> Result<u32, DecodeError> {
-    let b: [u8; 4] = v
-        .try_into()
-        .map_err(|_| DecodeError::invalid_number(4, v.len()))?;
-    Ok(u32::from_ne_bytes(b))
-}
-
-fn u64_ne(v: &[u8]) -> Result<u64, DecodeError> {
-    let b: [u8; 8] = v
-        .try_into()
-        .map_err(|_| DecodeError::invalid_number(8, v.len()))?;
-    Ok(u64::from_ne_bytes(b))
-}
-
-fn u8_of(v: &[u8]) -> Result<u8, DecodeError> {
-    match v {
-        [b] => Ok(*b),
-        _ => Err(DecodeError::invalid_number(1, v.len())),
-    }
-}
 
 /// A NUL-terminated (or unterminated) string.
 fn c_string(v: &[u8]) -> Result<String, DecodeError> {
@@ -905,9 +871,9 @@ impl<'a> TopAttrs<'a> {
             match kind {
                 cmd_attr::SERVICE => top.service = Some(value),
                 cmd_attr::DEST => top.dest = Some(value),
-                cmd_attr::TIMEOUT_TCP => top.timeouts.tcp = u32_ne(value)?,
-                cmd_attr::TIMEOUT_TCP_FIN => top.timeouts.tcp_fin = u32_ne(value)?,
-                cmd_attr::TIMEOUT_UDP => top.timeouts.udp = u32_ne(value)?,
+                cmd_attr::TIMEOUT_TCP => top.timeouts.tcp = parse_u32(value)?,
+                cmd_attr::TIMEOUT_TCP_FIN => top.timeouts.tcp_fin = parse_u32(value)?,
+                cmd_attr::TIMEOUT_UDP => top.timeouts.udp = parse_u32(value)?,
                 _ => {}
             }
         }
@@ -923,8 +889,8 @@ fn parse_stats(buf: &[u8], wide: bool) -> Result<Stats, DecodeError> {
         // The "32-bit" nest carries the byte counters as u64 too (`nla_put_u64_64bit`).
         let n = match (nla.kind(), v.len()) {
             (stats_attr::PAD, _) => continue,
-            (_, 8) => u64_ne(v)?,
-            (_, _) if !wide => u64::from(u32_ne(v)?),
+            (_, 8) => parse_u64(v)?,
+            (_, _) if !wide => u64::from(parse_u32(v)?),
             (_, len) => return Err(DecodeError::invalid_number(8, len)),
         };
         match nla.kind() {
@@ -969,16 +935,18 @@ impl ServiceAttrs {
             let nla = nla?;
             let v = nla.value();
             match nla.kind() & NLA_TYPE_MASK {
-                svc_attr::AF => a.af = Some(u16_ne(v)?),
-                svc_attr::PROTOCOL => a.protocol = Some(u16_ne(v)?),
+                svc_attr::AF => a.af = Some(parse_u16(v)?),
+                svc_attr::PROTOCOL => a.protocol = Some(parse_u16(v)?),
                 svc_attr::ADDR => a.addr = Some(v.to_vec()),
-                svc_attr::PORT => a.port = Some(be16(v)?),
-                svc_attr::FWMARK => a.fwmark = Some(u32_ne(v)?),
+                svc_attr::PORT => a.port = Some(parse_u16_be(v)?),
+                svc_attr::FWMARK => a.fwmark = Some(parse_u32(v)?),
                 svc_attr::SCHED_NAME => a.sched = Some(c_string(v)?),
                 svc_attr::FLAGS => {
-                    a.flags = Some(u32_ne(v.get(..4).ok_or("IPVS_SVC_ATTR_FLAGS too short")?)?);
+                    a.flags = Some(parse_u32(
+                        v.get(..4).ok_or("IPVS_SVC_ATTR_FLAGS too short")?,
+                    )?);
                 }
-                svc_attr::TIMEOUT => a.timeout = Some(u32_ne(v)?),
+                svc_attr::TIMEOUT => a.timeout = Some(parse_u32(v)?),
                 svc_attr::NETMASK => {
                     a.netmask = Some(
                         v.try_into()
@@ -1076,20 +1044,20 @@ impl DestAttrs {
             let v = nla.value();
             match nla.kind() & NLA_TYPE_MASK {
                 dest_attr::ADDR => a.addr = Some(v.to_vec()),
-                dest_attr::PORT => a.port = Some(be16(v)?),
-                dest_attr::FWD_METHOD => a.fwd = Some(u32_ne(v)?),
-                dest_attr::WEIGHT => a.weight = Some(u32_ne(v)?),
-                dest_attr::U_THRESH => a.u_thresh = Some(u32_ne(v)?),
-                dest_attr::L_THRESH => a.l_thresh = Some(u32_ne(v)?),
-                dest_attr::ACTIVE_CONNS => a.active = Some(u32_ne(v)?),
-                dest_attr::INACT_CONNS => a.inactive = Some(u32_ne(v)?),
-                dest_attr::PERSIST_CONNS => a.persistent = Some(u32_ne(v)?),
+                dest_attr::PORT => a.port = Some(parse_u16_be(v)?),
+                dest_attr::FWD_METHOD => a.fwd = Some(parse_u32(v)?),
+                dest_attr::WEIGHT => a.weight = Some(parse_u32(v)?),
+                dest_attr::U_THRESH => a.u_thresh = Some(parse_u32(v)?),
+                dest_attr::L_THRESH => a.l_thresh = Some(parse_u32(v)?),
+                dest_attr::ACTIVE_CONNS => a.active = Some(parse_u32(v)?),
+                dest_attr::INACT_CONNS => a.inactive = Some(parse_u32(v)?),
+                dest_attr::PERSIST_CONNS => a.persistent = Some(parse_u32(v)?),
                 dest_attr::STATS => a.stats = Some(parse_stats(v, false)?),
                 dest_attr::STATS64 => a.stats64 = Some(parse_stats(v, true)?),
-                dest_attr::ADDR_FAMILY => a.af = Some(u16_ne(v)?),
-                dest_attr::TUN_TYPE => a.tun_type = Some(u8_of(v)?),
-                dest_attr::TUN_PORT => a.tun_port = Some(be16(v)?),
-                dest_attr::TUN_FLAGS => a.tun_flags = Some(u16_ne(v)?),
+                dest_attr::ADDR_FAMILY => a.af = Some(parse_u16(v)?),
+                dest_attr::TUN_TYPE => a.tun_type = Some(parse_u8(v)?),
+                dest_attr::TUN_PORT => a.tun_port = Some(parse_u16_be(v)?),
+                dest_attr::TUN_FLAGS => a.tun_flags = Some(parse_u16(v)?),
                 _ => a.unknown.push(raw(&nla)),
             }
         }
