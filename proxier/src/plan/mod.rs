@@ -106,6 +106,19 @@ pub struct FamilyPlan {
     pub ipsets: IpSets,
     pub rules: RuleSet,
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
+    /// Services of a Local traffic policy without a local endpoint (metric only).
+    pub no_local_endpoints: NoLocalEndpoints,
+}
+
+/// Upstream's `serviceNoLocalEndpointsInternal` / `...External` sizes, the values of
+/// `kubeproxy_sync_proxy_rules_no_local_endpoints_total`: distinct Services that have usable
+/// endpoints somewhere but none on this node, with `internalTrafficPolicy: Local`
+/// (`internal`) or with an externally accessible port and `externalTrafficPolicy: Local`
+/// (`external`). Counted whatever the fallback does with their traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    pub internal: usize,
+    pub external: usize,
 }
 
 /// The desired dataplane: one [`FamilyPlan`] per configured family, plus what was skipped.
@@ -304,6 +317,8 @@ struct Output<'m> {
     sets: IpSetsBuilder,
     lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
     health_checks: BTreeMap<ServiceName, HealthCheck>,
+    no_local_internal: BTreeSet<&'m ServiceName>,
+    no_local_external: BTreeSet<&'m ServiceName>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -340,6 +355,8 @@ impl<'a> FamilyPlanner<'a> {
             sets: IpSetsBuilder::new(family),
             lb_no_node_access: Vec::new(),
             health_checks: BTreeMap::new(),
+            no_local_internal: BTreeSet::new(),
+            no_local_external: BTreeSet::new(),
             diagnostics: Vec::new(),
         };
         for svc in self.model.services.values() {
@@ -400,6 +417,10 @@ impl<'a> FamilyPlanner<'a> {
             ipsets: sets,
             rules,
             health_checks: out.health_checks,
+            no_local_endpoints: NoLocalEndpoints {
+                internal: out.no_local_internal.len(),
+                external: out.no_local_external.len(),
+            },
         }
     }
 
@@ -551,6 +572,16 @@ impl<'a> FamilyPlanner<'a> {
         };
         let internal = select(svc.internal_policy_local);
         let external = select(svc.external_policy_local);
+        // Upstream counts in syncEndpoint's no-local-endpoints branch, reached when some
+        // VS of the port is Local-only.
+        if uses_local && cat.has_any && cat.local.is_empty() {
+            if svc.internal_policy_local {
+                out.no_local_internal.insert(&svc.name);
+            }
+            if svc.external_policy_local && accessible {
+                out.no_local_external.insert(&svc.name);
+            }
+        }
 
         let mut flags = 0;
         let mut timeout = 0;
@@ -764,5 +795,91 @@ mod tests {
                 "{p}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod no_local_endpoints_tests {
+    use super::*;
+    use crate::model::manifests::parse_manifests;
+
+    const CONFIG: &str = "nodeName: node-1\nipFamilies: [IPv4]\nnodeIPs: [10.255.0.1]\n";
+
+    /// A Service with two ports; NodePort ones get node ports 30`n`0 and 30`n`1.
+    fn service(name: &str, spec: &str, n: u8) -> String {
+        let node_port = |i: u8| {
+            if spec.contains("NodePort") {
+                format!(", nodePort: 30{n}{i}")
+            } else {
+                String::new()
+            }
+        };
+        let (a, b) = (node_port(0), node_port(1));
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+             spec: {{{spec}, ports: [{{name: a, port: 80, targetPort: 80{a}}}, \
+             {{name: b, port: 81, targetPort: 81{b}}}]}}\n---\n"
+        )
+    }
+
+    fn slice(service: &str, node: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {service}-1, namespace: ns, labels: \
+             {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\n\
+             ports: [{{name: a, port: 80, protocol: TCP}}, {{name: b, port: 81, protocol: TCP}}]\n\
+             endpoints:\n- {{addresses: [10.244.1.1], conditions: {{ready: true}}, nodeName: {node}}}\n---\n"
+        )
+    }
+
+    fn counts(input: &str, fallback: &str) -> NoLocalEndpoints {
+        let config = format!("{CONFIG}localPolicyFallback: {fallback}\n");
+        let Ok((config, facts)) = ConfigFile::parse(&config).and_then(ConfigFile::into_parts)
+        else {
+            panic!("bad test config");
+        };
+        let m = parse_manifests(input);
+        assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
+        let plan = plan_objects(&m.services, &m.endpoint_slices, &m.nodes, &config, &facts);
+        plan.families[0].no_local_endpoints
+    }
+
+    #[test]
+    fn counts_local_policy_services_without_local_endpoints_once_per_service() {
+        let lb = "type: NodePort, clusterIP: 10.96.0.1, externalTrafficPolicy: Local";
+        let itp = "clusterIP: 10.96.0.2, internalTrafficPolicy: Local";
+        let both = "type: NodePort, clusterIP: 10.96.0.3, externalTrafficPolicy: Local, \
+                    internalTrafficPolicy: Local";
+        let local_lb = "type: NodePort, clusterIP: 10.96.0.4, externalTrafficPolicy: Local";
+        let local_itp = "clusterIP: 10.96.0.5, internalTrafficPolicy: Local";
+        let no_eps = "clusterIP: 10.96.0.6, internalTrafficPolicy: Local";
+        // ETP Local on a ClusterIP Service: not externally accessible, never Local-only.
+        let etp_cluster_ip = "clusterIP: 10.96.0.7, externalTrafficPolicy: Local";
+        let plain = "clusterIP: 10.96.0.8";
+        let input = [
+            service("lb", lb, 1),
+            slice("lb", "node-2"),
+            service("itp", itp, 2),
+            slice("itp", "node-2"),
+            service("both", both, 3),
+            slice("both", "node-3"),
+            service("local-lb", local_lb, 4),
+            slice("local-lb", "node-1"),
+            service("local-itp", local_itp, 5),
+            slice("local-itp", "node-1"),
+            service("no-eps", no_eps, 6),
+            service("etp-cip", etp_cluster_ip, 7),
+            slice("etp-cip", "node-2"),
+            service("plain", plain, 8),
+            slice("plain", "node-2"),
+        ]
+        .concat();
+        let expected = NoLocalEndpoints {
+            internal: 2, // itp, both
+            external: 2, // lb, both
+        };
+        assert_eq!(counts(&input, "ClusterEndpoints"), expected);
+        assert_eq!(counts(&input, "Strict"), expected);
+        assert_eq!(counts("", "ClusterEndpoints"), NoLocalEndpoints::default());
     }
 }
