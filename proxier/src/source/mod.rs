@@ -24,7 +24,10 @@ use std::path::PathBuf;
 
 use tokio::task::JoinHandle;
 
-pub use store::{Changes, ObjectKey, Objects, Snapshot, Update};
+pub use store::{
+    Changes, LAST_CHANGE_TRIGGER_TIME, ObjectKey, Objects, Pending, Snapshot, TriggerTime, Update,
+    parse_trigger_time, slice_trigger_time,
+};
 
 use crate::config;
 

@@ -7,10 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use netlink::AddressFamily;
 use tokio::sync::watch;
 
 use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions, ServiceName};
@@ -60,6 +62,52 @@ pub struct Changes {
     pub services: BTreeSet<ServiceName>,
     /// Our Node appeared, disappeared, or changed its labels or spec.
     pub node: bool,
+    /// Service add, update and delete events that changed a Service (a re-list counts one
+    /// per Service it added, changed or removed): kube-proxy's Service changes.
+    pub service_events: u64,
+    /// The same for EndpointSlices: kube-proxy's Endpoint changes.
+    pub endpoint_events: u64,
+    /// The `last-change-trigger-time` of every added or changed slice that carries one newer
+    /// than the store (deletions carry none, as upstream), for the network programming
+    /// latency once a sync has applied them.
+    pub trigger_times: Vec<TriggerTime>,
+}
+
+/// When the change a slice event carries was triggered (its
+/// [`LAST_CHANGE_TRIGGER_TIME`] annotation), for the slice's family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerTime {
+    pub family: AddressFamily,
+    pub at: SystemTime,
+}
+
+/// Set by the EndpointSlice controller: when the change behind a slice update happened.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Parses a [`LAST_CHANGE_TRIGGER_TIME`] value (RFC 3339); `None` if malformed.
+pub fn parse_trigger_time(value: &str) -> Option<SystemTime> {
+    value
+        .trim()
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// A slice's trigger time, if it has a known family and a valid annotation later than
+/// `after` (upstream ignores triggers older than the proxier: they measure nothing it did).
+pub fn slice_trigger_time(slice: &EndpointSlice, after: SystemTime) -> Option<TriggerTime> {
+    let family = match slice.address_type.as_str() {
+        "IPv4" => AddressFamily::Inet,
+        "IPv6" => AddressFamily::Inet6,
+        _ => return None,
+    };
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let at = parse_trigger_time(value).filter(|at| *at > after)?;
+    Some(TriggerTime { family, at })
 }
 
 impl Changes {
@@ -70,7 +118,36 @@ impl Changes {
     fn merge(&mut self, other: Changes) {
         self.services.extend(other.services);
         self.node |= other.node;
+        self.service_events += other.service_events;
+        self.endpoint_events += other.endpoint_events;
+        self.trigger_times.extend(other.trigger_times);
     }
+
+    fn service_changed(&mut self, key: &ObjectKey) {
+        self.services.insert(service_name(key));
+        self.service_events += 1;
+    }
+
+    /// One slice event that changed something: `old` before, `new` after (`None`: absent).
+    fn slice_changed(
+        &mut self,
+        old: Option<&EndpointSlice>,
+        new: Option<&EndpointSlice>,
+        started: SystemTime,
+    ) {
+        self.services.extend(old.and_then(slice_service));
+        self.services.extend(new.and_then(slice_service));
+        self.endpoint_events += 1;
+        self.trigger_times
+            .extend(new.and_then(|s| slice_trigger_time(s, started)));
+    }
+}
+
+/// Changes recorded but not yet taken (see [`Objects::pending`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub service_events: u64,
+    pub endpoint_events: u64,
 }
 
 /// The result of [`Objects::take`].
@@ -95,6 +172,8 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// When the store was created: older trigger times are ignored.
+    started: SystemTime,
     generation: watch::Sender<u64>,
     ready: watch::Sender<bool>,
 }
@@ -114,9 +193,15 @@ impl Default for Objects {
 impl Objects {
     /// An empty, not-ready store.
     pub fn new() -> Self {
+        Self::started_at(SystemTime::now())
+    }
+
+    /// An empty store that ignores trigger times not after `started`.
+    pub fn started_at(started: SystemTime) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
+                started,
                 generation: watch::Sender::new(0),
                 ready: watch::Sender::new(false),
             }),
@@ -135,6 +220,15 @@ impl Objects {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.lock().snapshot)
+    }
+
+    /// How many changes wait for the next [`Self::take`].
+    pub fn pending(&self) -> Pending {
+        let state = self.lock();
+        Pending {
+            service_events: state.pending.service_events,
+            endpoint_events: state.pending.endpoint_events,
+        }
     }
 
     /// The current snapshot and the changes since the previous call (which it clears).
@@ -177,7 +271,7 @@ impl Objects {
                 s.services.insert(key, service);
                 return;
             }
-            changes.services.insert(service_name(&key));
+            changes.service_changed(&key);
             s.services.insert(key, service);
         });
     }
@@ -189,7 +283,7 @@ impl Objects {
         };
         self.write(|s, changes| {
             if s.services.remove(&key).is_some() {
-                changes.services.insert(service_name(&key));
+                changes.service_changed(&key);
             }
         });
     }
@@ -198,11 +292,11 @@ impl Objects {
         let Some(key) = ObjectKey::of(&slice.metadata) else {
             return;
         };
+        let started = self.shared.started;
         self.write(|s, changes| {
             let old = s.endpoint_slices.get(&key);
             if !old.is_some_and(|old| same_slice(old, &slice)) {
-                changes.services.extend(old.and_then(slice_service));
-                changes.services.extend(slice_service(&slice));
+                changes.slice_changed(old, Some(&slice), started);
             }
             s.endpoint_slices.insert(key, slice);
         });
@@ -214,7 +308,7 @@ impl Objects {
         };
         self.write(|s, changes| {
             if let Some(old) = s.endpoint_slices.remove(&key) {
-                changes.services.extend(slice_service(&old));
+                changes.slice_changed(Some(&old), None, SystemTime::UNIX_EPOCH);
             }
         });
     }
@@ -230,17 +324,18 @@ impl Objects {
     /// differences are reported.
     pub(crate) fn replace_services(&self, services: BTreeMap<ObjectKey, Service>) {
         self.write(|s, changes| {
-            diff_maps(&s.services, &services, same_service, |k, _| {
-                changes.services.insert(service_name(k));
+            diff_maps(&s.services, &services, same_service, |k, _, _| {
+                changes.service_changed(k);
             });
             s.services = services;
         });
     }
 
     pub(crate) fn replace_slices(&self, slices: BTreeMap<ObjectKey, EndpointSlice>) {
+        let started = self.shared.started;
         self.write(|s, changes| {
-            diff_maps(&s.endpoint_slices, &slices, same_slice, |_, slice| {
-                changes.services.extend(slice_service(slice));
+            diff_maps(&s.endpoint_slices, &slices, same_slice, |_, old, new| {
+                changes.slice_changed(old, new, started);
             });
             s.endpoint_slices = slices;
         });
@@ -253,17 +348,16 @@ impl Objects {
             endpoint_slices,
             node,
         } = snapshot;
+        let started = self.shared.started;
         self.write(|s, changes| {
-            diff_maps(&s.services, &services, same_service, |k, _| {
-                changes.services.insert(service_name(k));
+            diff_maps(&s.services, &services, same_service, |k, _, _| {
+                changes.service_changed(k);
             });
             diff_maps(
                 &s.endpoint_slices,
                 &endpoint_slices,
                 same_slice,
-                |_, slice| {
-                    changes.services.extend(slice_service(slice));
-                },
+                |_, old, new| changes.slice_changed(old, new, started),
             );
             changes.node |= !same_node(s.node.as_ref(), node.as_ref());
             s.services = services;
@@ -359,27 +453,24 @@ fn same_node(a: Option<&Node>, b: Option<&Node>) -> bool {
     }
 }
 
-/// Calls `changed` for every key added, removed or different between `old` and `new`
-/// (with the old and the new object where both exist).
+/// Calls `changed` once for every key added, removed or different between `old` and `new`,
+/// with the object before and after (`None` where absent).
 fn diff_maps<T>(
     old: &BTreeMap<ObjectKey, T>,
     new: &BTreeMap<ObjectKey, T>,
     same: impl Fn(&T, &T) -> bool,
-    mut changed: impl FnMut(&ObjectKey, &T),
+    mut changed: impl FnMut(&ObjectKey, Option<&T>, Option<&T>),
 ) {
     for (key, old_obj) in old {
         match new.get(key) {
-            None => changed(key, old_obj),
-            Some(new_obj) if !same(old_obj, new_obj) => {
-                changed(key, old_obj);
-                changed(key, new_obj);
-            }
+            None => changed(key, Some(old_obj), None),
+            Some(new_obj) if !same(old_obj, new_obj) => changed(key, Some(old_obj), Some(new_obj)),
             Some(_) => {}
         }
     }
     for (key, new_obj) in new {
         if !old.contains_key(key) {
-            changed(key, new_obj);
+            changed(key, None, Some(new_obj));
         }
     }
 }
@@ -503,5 +594,124 @@ mod tests {
         o.delete_service(&svc("ns", "a", "2", "10.0.0.1"));
         assert_eq!(held.services.len(), 1);
         assert!(o.snapshot().services.is_empty());
+    }
+
+    fn annotated(mut s: EndpointSlice, trigger: &str) -> EndpointSlice {
+        s.metadata.annotations =
+            Some([(LAST_CHANGE_TRIGGER_TIME.to_owned(), trigger.to_owned())].into());
+        s
+    }
+
+    fn secs(t: SystemTime) -> u64 {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[test]
+    fn trigger_times_parse_rfc3339_only() {
+        let t = parse_trigger_time("2024-05-01T10:00:00Z").map(secs);
+        assert_eq!(t, Some(1_714_557_600));
+        assert_eq!(
+            parse_trigger_time("2024-05-01T12:00:00+02:00").map(secs),
+            Some(1_714_557_600)
+        );
+        let frac = parse_trigger_time("2024-05-01T10:00:00.5Z")
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+        assert_eq!(frac.map(|d| d.subsec_millis()), Some(500));
+        for bad in ["", "yesterday", "2024-05-01", "1714557600"] {
+            assert_eq!(parse_trigger_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slice_trigger_time_needs_a_family_and_a_time_after_the_start() {
+        let start = parse_trigger_time("2024-05-01T10:00:00Z").unwrap();
+        let s = annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:05Z");
+        let t = slice_trigger_time(&s, start).unwrap();
+        assert_eq!((t.family, secs(t.at)), (AddressFamily::Inet, 1_714_557_605));
+        let mut v6 = s.clone();
+        v6.address_type = "IPv6".into();
+        assert_eq!(
+            slice_trigger_time(&v6, start).map(|t| t.family),
+            Some(AddressFamily::Inet6)
+        );
+        let mut fqdn = s.clone();
+        fqdn.address_type = "FQDN".into();
+        assert_eq!(slice_trigger_time(&fqdn, start), None);
+        let old = annotated(slice("ns", "a-1", "a"), "2024-05-01T09:59:59Z");
+        assert_eq!(slice_trigger_time(&old, start), None);
+        assert_eq!(slice_trigger_time(&slice("ns", "a-1", "a"), start), None);
+        let bad = annotated(slice("ns", "a-1", "a"), "soon");
+        assert_eq!(slice_trigger_time(&bad, start), None);
+    }
+
+    #[test]
+    fn service_and_slice_events_are_counted_separately_until_taken() {
+        let start = parse_trigger_time("2024-05-01T10:00:00Z").unwrap();
+        let o = Objects::started_at(start);
+        o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
+        o.apply_service(svc("ns", "a", "2", "10.0.0.2"));
+        o.apply_service(svc("ns", "a", "3", "10.0.0.2")); // no change: not counted
+        o.apply_slice(annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:01Z"));
+        o.apply_slice(annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:01Z")); // same
+        let pending = o.pending();
+        assert_eq!(
+            pending,
+            Pending {
+                service_events: 2,
+                endpoint_events: 1
+            }
+        );
+        let changes = o.take().changes;
+        assert_eq!((changes.service_events, changes.endpoint_events), (2, 1));
+        assert_eq!(changes.trigger_times.len(), 1);
+        assert_eq!(o.pending(), Pending::default());
+
+        // Deletions count but carry no trigger time; re-lists count one per changed key.
+        o.delete_slice(&slice("ns", "a-1", "a"));
+        o.delete_service(&svc("ns", "a", "4", "10.0.0.2"));
+        o.replace_slices(
+            [(
+                ObjectKey {
+                    namespace: "ns".into(),
+                    name: "b-1".into(),
+                },
+                annotated(slice("ns", "b-1", "b"), "2024-05-01T10:00:09Z"),
+            )]
+            .into(),
+        );
+        let changes = o.take().changes;
+        assert_eq!((changes.service_events, changes.endpoint_events), (1, 2));
+        assert_eq!(
+            changes
+                .trigger_times
+                .iter()
+                .map(|t| secs(t.at))
+                .collect::<Vec<_>>(),
+            [1_714_557_609]
+        );
+        // A manifests reload: one changed slice (b-1 relabelled), one new Service.
+        o.replace_all(Snapshot {
+            services: [(
+                ObjectKey {
+                    namespace: "ns".into(),
+                    name: "c".into(),
+                },
+                svc("ns", "c", "1", "10.0.0.3"),
+            )]
+            .into(),
+            endpoint_slices: [(
+                ObjectKey {
+                    namespace: "ns".into(),
+                    name: "b-1".into(),
+                },
+                slice("ns", "b-1", "c"),
+            )]
+            .into(),
+            node: None,
+        });
+        let changes = o.take().changes;
+        assert_eq!((changes.service_events, changes.endpoint_events), (1, 1));
+        assert!(changes.trigger_times.is_empty());
     }
 }
