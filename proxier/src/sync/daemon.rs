@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use netlink::AddressFamily;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,9 +36,9 @@ use crate::model::manifests::Manifests;
 use crate::plan::NodePortAddresses;
 use crate::serve::{
     CancellationToken, HealthCheckServers, KernelObject, Metrics, OpResult, ProxyHealth,
-    ServeError, Server,
+    ServeError, Server, TrafficPolicy,
 };
-use crate::source::{self, Objects, Snapshot, SourceError, SourceOptions};
+use crate::source::{self, Objects, Snapshot, SourceError, SourceOptions, TriggerTime};
 
 /// The dummy link's name, as kube-proxy.
 pub const DUMMY: &str = "kube-ipvs0";
@@ -291,6 +291,7 @@ impl Daemon {
                                 continue;
                             }
                             runner.request();
+                            self.record_pending();
                             for &f in &self.families {
                                 self.health.queued_update(f);
                                 self.metrics.record_queued(f);
@@ -310,6 +311,11 @@ impl Daemon {
     /// server updates.
     async fn sync_once(&mut self) -> Outcome {
         let update = self.objects.take();
+        self.metrics.add_changes(
+            update.changes.endpoint_events,
+            update.changes.service_events,
+        );
+        self.record_pending();
         if update.changes.node
             && let Some(node) = &update.snapshot.node
         {
@@ -321,7 +327,8 @@ impl Daemon {
         let took = started.elapsed();
         match result {
             Ok(report) => {
-                self.record(&report, took).await;
+                self.record(&report, took, &update.changes.trigger_times)
+                    .await;
                 self.write_state(&objects);
                 if report.failures.is_empty() {
                     Outcome::Ok
@@ -352,7 +359,23 @@ impl Daemon {
         }
     }
 
-    async fn record(&mut self, report: &SyncReport, took: std::time::Duration) {
+    /// `..._changes_pending`: what the store holds for the next sync.
+    fn record_pending(&self) {
+        let pending = self.objects.pending();
+        self.metrics.set_changes_pending(
+            usize::try_from(pending.endpoint_events).unwrap_or(usize::MAX),
+            usize::try_from(pending.service_events).unwrap_or(usize::MAX),
+        );
+    }
+
+    /// Health and metrics of a finished sync; `trigger_times` are those of the slice changes
+    /// it applied (observed as network programming latency where the family synced).
+    async fn record(
+        &mut self,
+        report: &SyncReport,
+        took: std::time::Duration,
+        trigger_times: &[TriggerTime],
+    ) {
         let restore_failed = |f: AddressFamily| {
             let object = format!("iptables-restore {}", family_name(f));
             report.failures.iter().any(|x| x.object == object)
@@ -387,9 +410,19 @@ impl Daemon {
                 continue;
             }
             self.health.updated(f);
+            let now = SystemTime::now();
+            for t in trigger_times.iter().filter(|t| t.family == f) {
+                let latency = now.duration_since(t.at).unwrap_or_default();
+                self.metrics.observe_network_programming(f, latency);
+            }
             let Some(plan) = self.syncer.last_plan().and_then(|p| p.family(f)) else {
                 continue;
             };
+            let no_local = plan.no_local_endpoints;
+            self.metrics
+                .set_no_local_endpoints(f, TrafficPolicy::Internal, no_local.internal);
+            self.metrics
+                .set_no_local_endpoints(f, TrafficPolicy::External, no_local.external);
             self.metrics.set_kernel_objects(
                 KernelObject::VirtualServers,
                 f,
