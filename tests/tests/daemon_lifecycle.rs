@@ -180,6 +180,14 @@ impl Drop for Daemon {
 }
 
 /// One HTTP/1.0 GET on loopback: (status, body).
+/// The value of the unlabelled sample `name` in a Prometheus text page (0 if absent).
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -296,6 +304,14 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
                 metrics.contains(name),
                 "{name} missing from /metrics:\n{metrics}"
             );
+        }
+        // The initial list (one Service, one slice) and the slice edit were counted.
+        for name in [
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        ] {
+            let value = sample(&metrics, name);
+            assert!(value > 0.0, "{name} = {value}:\n{metrics}");
         }
 
         // `status`: the kernel's table with each virtual server's Service port.
