@@ -259,3 +259,144 @@ fn drift_behind_our_back_is_repaired_exactly() {
         );
     });
 }
+
+/// The incremental path (cached kernel view, only changed virtual servers re-read) against
+/// the full one: after each change applied incrementally the WHOLE kernel state equals the
+/// plan, a fresh process's full sync finds nothing to write, and at the end a full re-read
+/// of the same syncer writes nothing either.
+#[test]
+fn incremental_syncs_equal_full_syncs() {
+    require_lab();
+    in_fresh_netns(|| async {
+        let mut objects = objects();
+        let mut s = syncer().await;
+        let first = s.sync_incremental(&objects).await.unwrap();
+        assert!(!first.incremental, "the first sync must be full");
+        assert_eq!(first.failures, vec![]);
+        assert!(s.has_cache());
+
+        let slice = |objects: &Manifests, name: &str| -> usize {
+            objects
+                .endpoint_slices
+                .iter()
+                .position(|e| e.metadata.name.as_deref() == Some(name))
+                .unwrap()
+        };
+        type Change = Box<dyn Fn(&mut Manifests)>;
+        let changes: Vec<(&str, Change, WriteCounts)> = vec![
+            (
+                "endpoint removed",
+                Box::new(move |o: &mut Manifests| {
+                    let i = slice(o, "myweb-svc-7x2lq");
+                    o.endpoint_slices[i]
+                        .endpoints
+                        .retain(|e| e.addresses != ["10.244.0.12"]);
+                }),
+                WriteCounts {
+                    real_servers_deleted: 1,
+                    ..WriteCounts::default()
+                },
+            ),
+            (
+                "endpoint added",
+                Box::new(move |o: &mut Manifests| {
+                    let i = slice(o, "named-port-svc-p4q7s");
+                    let mut extra = o.endpoint_slices[i].endpoints[0].clone();
+                    extra.addresses = vec!["10.244.0.22".into()];
+                    extra.target_ref = None;
+                    o.endpoint_slices[i].endpoints.push(extra);
+                }),
+                WriteCounts {
+                    set_members_added: 1,
+                    real_servers_added: 1,
+                    ..WriteCounts::default()
+                },
+            ),
+            (
+                "service added",
+                Box::new(move |o: &mut Manifests| {
+                    let mut svc = o
+                        .services
+                        .iter()
+                        .find(|s| s.metadata.name.as_deref() == Some("myweb-svc"))
+                        .unwrap()
+                        .clone();
+                    svc.metadata.name = Some("extra-svc".into());
+                    let spec = svc.spec.as_mut().unwrap();
+                    spec.cluster_ip = Some("10.96.0.77".into());
+                    spec.cluster_ips = Some(vec!["10.96.0.77".into()]);
+                    o.services.push(svc);
+                    let mut es = o.endpoint_slices[slice(o, "myweb-svc-7x2lq")].clone();
+                    es.metadata.name = Some("extra-svc-abcde".into());
+                    es.metadata.labels = Some(
+                        [(
+                            "kubernetes.io/service-name".to_owned(),
+                            "extra-svc".to_owned(),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    );
+                    o.endpoint_slices.push(es);
+                }),
+                WriteCounts {
+                    addresses_bound: 1,
+                    set_members_added: 2,
+                    services_added: 1,
+                    real_servers_added: 1,
+                    ..WriteCounts::default()
+                },
+            ),
+            (
+                "service removed",
+                Box::new(|o: &mut Manifests| {
+                    o.services
+                        .retain(|svc| svc.metadata.name.as_deref() != Some("sticky-svc"));
+                }),
+                WriteCounts {
+                    addresses_unbound: 1,
+                    set_members_deleted: 4,
+                    services_deleted: 1,
+                    ..WriteCounts::default()
+                },
+            ),
+            (
+                "nothing",
+                Box::new(|_: &mut Manifests| {}),
+                WriteCounts::default(),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (what, change, want) in changes {
+            change(&mut objects);
+            let report = s.sync_incremental(&objects).await.unwrap();
+            assert_eq!(report.failures, vec![], "{what}");
+            assert!(report.incremental, "{what}: not incremental");
+            eprintln!(
+                "{what}: re-read {} virtual servers, {}",
+                report.reread, report.writes
+            );
+            assert_state(s.last_plan().unwrap(), "", &[]);
+            if report.writes != want {
+                wrong.push(format!("{what}: {} (wanted {want})", report.writes));
+            }
+            // The full path (a fresh process, nothing cached) agrees: nothing to write.
+            let mut fresh = syncer().await;
+            let full = sync(&mut fresh, &objects).await;
+            assert_eq!(
+                full.writes,
+                WriteCounts::default(),
+                "{what}: full sync after"
+            );
+        }
+        assert_eq!(
+            wrong,
+            Vec::<String>::new(),
+            "writes of the incremental syncs"
+        );
+        // The same syncer, full re-read: nothing to write.
+        let full = sync(&mut s, &objects).await;
+        assert!(!full.incremental);
+        assert_eq!(full.writes, WriteCounts::default(), "final full sync");
+        assert_state(s.last_plan().unwrap(), "", &[]);
+    });
+}

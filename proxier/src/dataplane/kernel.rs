@@ -284,6 +284,38 @@ impl Kernel {
         Ok(observed)
     }
 
+    /// One virtual server as the kernel holds it now, with its real servers and their
+    /// connection counters (one get and one dump), or `None` when it does not exist.
+    pub async fn observe_service(
+        &mut self,
+        key: &ServiceKey,
+    ) -> Result<Option<(VirtualServer, BTreeMap<DestinationKey, Connections>)>, KernelError> {
+        let Some(entry) = self.ipvs.get_service(key).await? else {
+            return Ok(None);
+        };
+        let entries = match self.ipvs.dump_destinations(key).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == Some(netlink::ipvs::ErrorKind::NoSuchService) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut vs = VirtualServer::new(entry.service);
+        let mut connections = BTreeMap::new();
+        for d in entries {
+            let dkey = d.destination.key();
+            connections.insert(
+                dkey,
+                Connections {
+                    active: d.active_conns,
+                    inactive: d.inactive_conns,
+                },
+            );
+            vs.destinations.insert(dkey, d.destination);
+        }
+        Ok(Some((vs, connections)))
+    }
+
     /// Connection counters of every real server of `services` (one dump each); a service
     /// that no longer exists contributes nothing.
     pub async fn connections_of(

@@ -15,9 +15,17 @@
 //!    iptables step succeeded (upstream returns early on a failed restore).
 //!
 //! Every write is counted by kind ([`WriteCounts`]); a failure of one object is logged with
-//! its name and reported, and never blocks the others. Nothing is cached between syncs: a
-//! fresh process over a programmed node computes the same (empty) changes as a long-lived one.
+//! its name and reported, and never blocks the others. A full sync caches nothing it relies
+//! on: a fresh process over a programmed node computes the same (empty) changes as a
+//! long-lived one.
+//!
+//! [`Syncer::sync_incremental`] (the daemon's change-triggered syncs) replaces step 2 with a
+//! cached view of the kernel ([`cache`]): the state after the last successful sync, in which
+//! only the virtual servers whose desired state changed (and those draining) are re-read; the
+//! iptables step is skipped when the rendered rules equal those last put in place. Any
+//! failure drops the cache, so the next sync is full; the periodic resync is always full.
 
+pub mod cache;
 pub mod cleanup;
 pub mod cmd;
 pub mod daemon;
@@ -26,6 +34,7 @@ pub mod manifests;
 pub mod runner;
 pub mod status;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -37,6 +46,7 @@ use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
 use crate::model::manifests::Manifests;
 use crate::plan::{self, NodeFacts, Plan, PlanConfig};
+use cache::KernelCache;
 use graceful::Drains;
 
 pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
@@ -89,6 +99,10 @@ pub struct SyncReport {
     pub observe: Duration,
     pub plan: Duration,
     pub apply: Duration,
+    /// Whether the sync used the cached kernel view ([`Syncer::sync_incremental`]).
+    pub incremental: bool,
+    /// Virtual servers re-read from the kernel by an incremental sync.
+    pub reread: usize,
 }
 
 /// Everything one sync will change, decided from the plan and the observed state.
@@ -190,6 +204,12 @@ pub struct Syncer {
     options: SyncOptions,
     last_plan: Option<Plan>,
     drains: Drains,
+    /// The kernel as the last successful sync left it; `None` after any failure.
+    cache: Option<KernelCache>,
+    /// Start of the last full sync.
+    last_full: Option<Instant>,
+    /// Longest time between full syncs when only incremental ones are asked for.
+    full_every: Option<Duration>,
 }
 
 impl Syncer {
@@ -203,6 +223,9 @@ impl Syncer {
             drains: Drains::new(options.max_drain),
             options,
             last_plan: None,
+            cache: None,
+            last_full: None,
+            full_every: None,
         })
     }
 
@@ -228,8 +251,10 @@ impl Syncer {
 
     /// One full sync of `objects` into the kernel.
     pub async fn sync(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
+        self.cache = None;
         let mut out = Outcome::default();
         let started = Instant::now();
+        self.last_full = Some(started);
         self.kernel
             .ensure_sysctls(self.options.strict_arp, &mut out)
             .map_err(SyncError::Sysctls)?;
@@ -264,8 +289,16 @@ impl Syncer {
         let plan_time = started.elapsed();
 
         let started = Instant::now();
-        self.apply(&observed, &changes, &mut out).await;
+        let ifindex = self.apply(&observed, &changes, &[], &mut out).await;
         let apply = started.elapsed();
+        if out.failures.is_empty() {
+            let mut cache = KernelCache {
+                observed,
+                rules: Vec::new(),
+            };
+            cache.applied(&changes, ifindex, changes.iptables.clone());
+            self.cache = Some(cache);
+        }
 
         let report = SyncReport {
             writes: out.writes,
@@ -280,6 +313,8 @@ impl Syncer {
             observe,
             plan: plan_time,
             apply,
+            incremental: false,
+            reread: 0,
         };
         tracing::info!(
             writes = report.writes.total(),
@@ -291,6 +326,126 @@ impl Syncer {
             plan_ms = plan_time.as_secs_f64() * 1e3,
             apply_ms = apply.as_secs_f64() * 1e3,
             "sync done"
+        );
+        self.last_plan = Some(plan);
+        Ok(report)
+    }
+
+    /// Makes [`Syncer::sync_incremental`] run a full sync when the last one started `every`
+    /// ago or longer (the daemon's `syncPeriod`: a steady stream of changes must not hold
+    /// off the drift repair of the periodic resync).
+    pub fn set_full_every(&mut self, every: Duration) {
+        self.full_every = Some(every);
+    }
+
+    /// Whether the next [`Syncer::sync_incremental`] can use a cached kernel view.
+    pub fn has_cache(&self) -> bool {
+        self.cache.is_some() && self.last_plan.is_some()
+    }
+
+    /// A change-triggered sync: like [`Syncer::sync`], but against the cached kernel view of
+    /// the last successful sync, re-reading only the virtual servers whose desired state
+    /// changed since then and those with draining real servers; the iptables step runs only
+    /// when the rendered rules differ from those in place. Without a cache (first sync, or
+    /// after any failure) it is a full sync. Changes of the Node must use [`Syncer::sync`]
+    /// (they change node facts this path takes from the cache).
+    pub async fn sync_incremental(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
+        if self.last_plan.is_none()
+            || cache::full_due(self.last_full, self.full_every, Instant::now())
+        {
+            return self.sync(objects).await;
+        }
+        let Some(mut cache) = self.cache.take() else {
+            return self.sync(objects).await;
+        };
+        let mut out = Outcome::default();
+        let started = Instant::now();
+        self.kernel
+            .ensure_sysctls(self.options.strict_arp, &mut out)
+            .map_err(SyncError::Sysctls)?;
+        let sysctl_time = started.elapsed();
+
+        let started = Instant::now();
+        let facts = node_facts(&cache.observed, self.options.node_ips.as_deref());
+        let plan = plan::plan_objects(
+            &objects.services,
+            &objects.endpoint_slices,
+            &objects.nodes,
+            &self.options.plan,
+            &facts,
+        );
+        let mut plan_time = started.elapsed();
+
+        let started = Instant::now();
+        let mut reread = match &self.last_plan {
+            Some(last) => cache::touched(last, &plan),
+            None => BTreeSet::new(),
+        };
+        reread.extend(self.drains.services());
+        for key in &reread {
+            let fresh = self
+                .kernel
+                .observe_service(key)
+                .await
+                .map_err(SyncError::Observe)?;
+            cache.refresh(*key, fresh);
+        }
+        let observe = sysctl_time + started.elapsed();
+
+        let started = Instant::now();
+        let ownership = self.options.ownership();
+        let mut changes = decide(&plan, &cache.observed, &ownership);
+        let now = Instant::now();
+        self.drains.retain_undesired(&desired_table(&plan));
+        for ops in [&mut changes.ipvs, &mut changes.stale_services] {
+            *ops = self.drains.filter(
+                std::mem::take(ops),
+                &cache.observed.ipvs,
+                &cache.observed.connections,
+                now,
+            );
+        }
+        let rules = changes.iptables.clone();
+        let in_place = cache.rules_in_place(&rules);
+        changes.iptables.retain(|(f, _)| !in_place.contains(f));
+        plan_time += started.elapsed();
+
+        let started = Instant::now();
+        let ifindex = self
+            .apply(&cache.observed, &changes, &in_place, &mut out)
+            .await;
+        let apply = started.elapsed();
+        if out.failures.is_empty() {
+            cache.applied(&changes, ifindex, rules);
+            self.cache = Some(cache);
+        }
+
+        let report = SyncReport {
+            writes: out.writes,
+            failures: out.failures,
+            diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
+            virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
+            real_servers: plan
+                .families
+                .iter()
+                .map(|f| f.ipvs.destination_count())
+                .sum(),
+            observe,
+            plan: plan_time,
+            apply,
+            incremental: true,
+            reread: reread.len(),
+        };
+        tracing::info!(
+            writes = report.writes.total(),
+            failures = report.failures.len(),
+            virtual_servers = report.virtual_servers,
+            real_servers = report.real_servers,
+            reread = report.reread,
+            observe_ms = observe.as_secs_f64() * 1e3,
+            plan_ms = plan_time.as_secs_f64() * 1e3,
+            apply_ms = apply.as_secs_f64() * 1e3,
+            "incremental sync done"
         );
         self.last_plan = Some(plan);
         Ok(report)
@@ -310,17 +465,31 @@ impl Syncer {
         if services.is_empty() {
             return Ok(out);
         }
-        let connections = self
-            .kernel
-            .connections_of(&services)
-            .await
-            .map_err(SyncError::Observe)?;
+        let connections = match self.kernel.connections_of(&services).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.cache = None;
+                return Err(SyncError::Observe(e));
+            }
+        };
         let ops = self.drains.check(&connections, Instant::now());
         self.kernel.apply_ipvs(&ops, &mut out).await;
+        match (&mut self.cache, out.failures.is_empty()) {
+            (Some(cache), true) => cache.apply_ipvs(&ops),
+            _ => self.cache = None,
+        }
         Ok(out)
     }
 
-    async fn apply(&mut self, observed: &Observed, changes: &Changes, out: &mut Outcome) {
+    /// Applies `changes`; `rules_in_place` are families whose rules need no restore. Returns
+    /// the dummy link's index.
+    async fn apply(
+        &mut self,
+        observed: &Observed,
+        changes: &Changes,
+        rules_in_place: &[AddressFamily],
+        out: &mut Outcome,
+    ) -> Option<u32> {
         let ifindex = self.kernel.ensure_dummy(observed.dummy_index, out).await;
         if let Some(i) = ifindex {
             self.kernel.bind(i, &changes.vips.bind, out).await;
@@ -328,7 +497,7 @@ impl Syncer {
         for (_, sets) in &changes.ipsets {
             self.kernel.apply_ipsets(sets, out);
         }
-        let mut rules_ok: Vec<AddressFamily> = Vec::new();
+        let mut rules_ok: Vec<AddressFamily> = rules_in_place.to_vec();
         for (family, rules) in &changes.iptables {
             if self.kernel.apply_iptables(*family, rules, out) {
                 rules_ok.push(*family);
@@ -358,5 +527,6 @@ impl Syncer {
             .cloned()
             .collect();
         self.kernel.apply_ipvs(&stale, out).await;
+        ifindex
     }
 }
