@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime};
 use netlink::AddressFamily;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::runner::{Outcome, Runner, RunnerConfig, Step};
+use super::runner::{Outcome, Reason, Runner, RunnerConfig, Step};
 use super::status;
 use super::{SyncError, SyncOptions, SyncReport, Syncer};
 use crate::config::{IptablesBackend, ProxierSettings};
@@ -147,7 +147,8 @@ pub async fn run(settings: &ProxierSettings, run_options: &RunOptions) -> Result
         .await
         .map_err(DaemonError::Timeouts)?;
     let options = sync_options(settings, families.clone());
-    let syncer = Syncer::new(options, &kernel_options(settings, families.clone())).await?;
+    let mut syncer = Syncer::new(options, &kernel_options(settings, families.clone())).await?;
+    syncer.set_full_every(settings.sync_period);
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -256,7 +257,7 @@ impl Daemon {
             match runner.poll(Instant::now()) {
                 Step::Sync(reason) => {
                     tracing::debug!(?reason, "sync");
-                    let outcome = self.sync_once().await;
+                    let outcome = self.sync_once(reason).await;
                     let draining = !self.syncer.drains().draining().is_empty();
                     runner.sync_finished(Instant::now(), outcome, draining);
                     if outcome == Outcome::Failed {
@@ -307,9 +308,10 @@ impl Daemon {
         }
     }
 
-    /// One full sync of the current snapshot, with its health, metrics and health-check
-    /// server updates.
-    async fn sync_once(&mut self) -> Outcome {
+    /// One sync of the current snapshot, with its health, metrics and health-check server
+    /// updates: incremental for a requested change that does not touch the Node, full for
+    /// the first sync, a retry, the periodic resync and Node changes.
+    async fn sync_once(&mut self, reason: Reason) -> Outcome {
         let update = self.objects.take();
         self.metrics.add_changes(
             update.changes.endpoint_events,
@@ -323,7 +325,11 @@ impl Daemon {
         }
         let objects = to_manifests(&update.snapshot);
         let started = Instant::now();
-        let result = self.syncer.sync(&objects).await;
+        let result = if reason == Reason::Requested && !update.changes.node {
+            self.syncer.sync_incremental(&objects).await
+        } else {
+            self.syncer.sync(&objects).await
+        };
         let took = started.elapsed();
         match result {
             Ok(report) => {
