@@ -9,7 +9,9 @@
 //! - **no-op**: a second sync with nothing changed (writes must be 0);
 //! - **restart**: a new `Syncer` over the programmed kernel, its first sync (writes must be 0);
 //! - **change**: `$SYNC_BENCH_CHANGES` (default 10) times, one EndpointSlice loses one
-//!   endpoint, then one sync: its time (p50, max) and writes;
+//!   endpoint, then one incremental sync (`Syncer::sync_incremental`, as the daemon runs for a
+//!   change): its time (p50, max), writes and virtual servers re-read; then one full sync,
+//!   whose writes must be 0 (the incremental path left exactly the full path's state);
 //! - **peak RSS**: `VmHWM` of this process after the above;
 //! - **ipvsadm-restore**: the same IPVS content (the plan's `ipvsadm -Sn` render) loaded by
 //!   one `ipvsadm-restore` after `ipvsadm -C`; **ipset restore**: the plan's sets, renamed
@@ -65,6 +67,8 @@ const COLUMNS: &[&str] = &[
     "change_plan_p50_s",
     "change_apply_p50_s",
     "change_writes_per_change",
+    "change_reread_per_change",
+    "full_after_changes_writes",
     "vmhwm_kib",
     "ipvsadm_restore_s",
     "cold_over_restore",
@@ -231,6 +235,7 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
     let mut times = Vec::new();
     let (mut obs, mut plan, mut apply) = (Vec::new(), Vec::new(), Vec::new());
     let mut writes = 0;
+    let mut reread = 0;
     for c in 0..changes {
         let k = (c * n as usize) / changes.max(1);
         let slice = objects
@@ -238,7 +243,17 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
             .get_mut(k)
             .ok_or("change: no such slice")?;
         slice.endpoints.pop();
-        let (r, t) = sync(&mut s, &objects).await?;
+        // As the daemon does for a change: the incremental path (cached kernel view).
+        let start = Instant::now();
+        let r = s.sync_incremental(&objects).await?;
+        let t = start.elapsed();
+        if let Some(f) = r.failures.first() {
+            return Err(format!("{} failures, first: {f:?}", r.failures.len()).into());
+        }
+        if !r.incremental {
+            return Err("change: the sync was not incremental".into());
+        }
+        reread += r.reread;
         times.push(t.as_secs_f64());
         obs.push(r.observe.as_secs_f64());
         plan.push(r.plan.as_secs_f64());
@@ -256,6 +271,19 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
         "change_writes_per_change",
         format!("{:.1}", writes as f64 / changes.max(1) as f64),
     );
+    put(
+        "change_reread_per_change",
+        format!("{:.1}", reread as f64 / changes.max(1) as f64),
+    );
+    // Equivalence: a full re-read after the incremental changes finds nothing to write.
+    let (full, _) = sync(&mut s, &objects).await?;
+    put("full_after_changes_writes", full.writes.total().to_string());
+    if full.writes.total() != 0 {
+        eprintln!(
+            "N={n}: full sync after incremental changes wrote: {:?}",
+            full.writes
+        );
+    }
     put("vmhwm_kib", vm_hwm_kib()?.to_string());
 
     // The same IPVS content with ipvsadm-restore, from an empty table.
