@@ -86,6 +86,14 @@ pub enum SyncError {
     Observe(#[source] KernelError),
 }
 
+/// How long the stages of one sync took.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    observe: Duration,
+    plan: Duration,
+    apply: Duration,
+}
+
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -274,18 +282,7 @@ impl Syncer {
             &self.options.plan,
             &facts,
         );
-        let ownership = self.options.ownership();
-        let mut changes = decide(&plan, &observed, &ownership);
-        let now = Instant::now();
-        self.drains.retain_undesired(&desired_table(&plan));
-        for ops in [&mut changes.ipvs, &mut changes.stale_services] {
-            *ops = self.drains.filter(
-                std::mem::take(ops),
-                &observed.ipvs,
-                &observed.connections,
-                now,
-            );
-        }
+        let changes = self.decide_with_drains(&plan, &observed);
         let plan_time = started.elapsed();
 
         let started = Instant::now();
@@ -300,35 +297,12 @@ impl Syncer {
             self.cache = Some(cache);
         }
 
-        let report = SyncReport {
-            writes: out.writes,
-            failures: out.failures,
-            diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
-            virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
-            real_servers: plan
-                .families
-                .iter()
-                .map(|f| f.ipvs.destination_count())
-                .sum(),
+        let timings = Timings {
             observe,
             plan: plan_time,
             apply,
-            incremental: false,
-            reread: 0,
         };
-        tracing::info!(
-            writes = report.writes.total(),
-            failures = report.failures.len(),
-            virtual_servers = report.virtual_servers,
-            real_servers = report.real_servers,
-            diagnostics = report.diagnostics,
-            observe_ms = observe.as_secs_f64() * 1e3,
-            plan_ms = plan_time.as_secs_f64() * 1e3,
-            apply_ms = apply.as_secs_f64() * 1e3,
-            "sync done"
-        );
-        self.last_plan = Some(plan);
-        Ok(report)
+        Ok(self.finish(plan, objects, out, timings, None))
     }
 
     /// Makes [`Syncer::sync_incremental`] run a full sync when the last one started `every`
@@ -393,18 +367,7 @@ impl Syncer {
         let observe = sysctl_time + started.elapsed();
 
         let started = Instant::now();
-        let ownership = self.options.ownership();
-        let mut changes = decide(&plan, &cache.observed, &ownership);
-        let now = Instant::now();
-        self.drains.retain_undesired(&desired_table(&plan));
-        for ops in [&mut changes.ipvs, &mut changes.stale_services] {
-            *ops = self.drains.filter(
-                std::mem::take(ops),
-                &cache.observed.ipvs,
-                &cache.observed.connections,
-                now,
-            );
-        }
+        let mut changes = self.decide_with_drains(&plan, &cache.observed);
         let rules = changes.iptables.clone();
         let in_place = cache.rules_in_place(&rules);
         changes.iptables.retain(|(f, _)| !in_place.contains(f));
@@ -420,6 +383,41 @@ impl Syncer {
             self.cache = Some(cache);
         }
 
+        let timings = Timings {
+            observe,
+            plan: plan_time,
+            apply,
+        };
+        Ok(self.finish(plan, objects, out, timings, Some(reread.len())))
+    }
+
+    /// [`decide`] for `plan` against `observed`, with the removal of TCP real servers that
+    /// still carry connections turned into draining at weight 0.
+    fn decide_with_drains(&mut self, plan: &Plan, observed: &Observed) -> Changes {
+        let mut changes = decide(plan, observed, &self.options.ownership());
+        let now = Instant::now();
+        self.drains.retain_undesired(&desired_table(plan));
+        for ops in [&mut changes.ipvs, &mut changes.stale_services] {
+            *ops = self.drains.filter(
+                std::mem::take(ops),
+                &observed.ipvs,
+                &observed.connections,
+                now,
+            );
+        }
+        changes
+    }
+
+    /// The report of a sync of `plan` (full when `reread` is `None`, else incremental with
+    /// that many virtual servers re-read), logged; `plan` becomes the last plan.
+    fn finish(
+        &mut self,
+        plan: Plan,
+        objects: &Manifests,
+        out: Outcome,
+        timings: Timings,
+        reread: Option<usize>,
+    ) -> SyncReport {
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
@@ -430,25 +428,27 @@ impl Syncer {
                 .iter()
                 .map(|f| f.ipvs.destination_count())
                 .sum(),
-            observe,
-            plan: plan_time,
-            apply,
-            incremental: true,
-            reread: reread.len(),
+            observe: timings.observe,
+            plan: timings.plan,
+            apply: timings.apply,
+            incremental: reread.is_some(),
+            reread: reread.unwrap_or(0),
         };
         tracing::info!(
+            incremental = report.incremental,
             writes = report.writes.total(),
             failures = report.failures.len(),
             virtual_servers = report.virtual_servers,
             real_servers = report.real_servers,
             reread = report.reread,
-            observe_ms = observe.as_secs_f64() * 1e3,
-            plan_ms = plan_time.as_secs_f64() * 1e3,
-            apply_ms = apply.as_secs_f64() * 1e3,
-            "incremental sync done"
+            diagnostics = report.diagnostics,
+            observe_ms = timings.observe.as_secs_f64() * 1e3,
+            plan_ms = timings.plan.as_secs_f64() * 1e3,
+            apply_ms = timings.apply.as_secs_f64() * 1e3,
+            "sync done"
         );
         self.last_plan = Some(plan);
-        Ok(report)
+        report
     }
 
     /// The drain list.
