@@ -223,8 +223,22 @@ pub fn ip_batch(script: &str) -> Result<()> {
 
 /// `ipvsadm -Sn`: the IPVS table of the current network namespace in `ipvsadm-save` format,
 /// numeric (an empty string for an empty table).
+///
+/// Read until two reads in a row agree: the kernel's service dump is not a snapshot (its
+/// resume index counts the services of every namespace), so a case changing its table in
+/// another namespace of the same guest meanwhile can make one read repeat or skip a service.
+/// A real difference persists across reads and is returned as it is.
 pub fn ipvsadm_save() -> Result<String> {
-    run("ipvsadm", &["-Sn"]).map(|o| o.stdout)
+    let mut last = run("ipvsadm", &["-Sn"])?.stdout;
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = run("ipvsadm", &["-Sn"])?.stdout;
+        if again == last {
+            break;
+        }
+        last = again;
+    }
+    Ok(last)
 }
 
 /// The `ipvs-proxier` binary built next to the running test binary

@@ -400,3 +400,67 @@ fn incremental_syncs_equal_full_syncs() {
         assert_state(s.last_plan().unwrap(), "", &[]);
     });
 }
+
+/// The kernel's service dump can repeat or skip a service when another namespace changes
+/// its table mid-dump, so a sync's writes may find the kernel other than it read it: each
+/// such refused write is redone as the kernel needs (add <-> update, a delete of what is
+/// gone is done), in the same sync, and the sync says its read was stale.
+#[test]
+fn writes_refused_for_a_stale_read_are_redone_in_the_same_sync() {
+    use ipvs_proxier::dataplane::kernel::{Kernel, Outcome};
+    use netlink::Protocol;
+    use netlink::ipvs::{Destination, Operation, Service, ServiceKey};
+
+    require_lab();
+    in_fresh_netns(|| async {
+        sh("ipvsadm -A -t 10.96.0.1:80 -s rr && \
+            ipvsadm -a -t 10.96.0.1:80 -r 10.244.0.11:8080 -m -w 1")
+        .unwrap();
+        let tcp = |last: u8| ServiceKey::Inet {
+            protocol: Protocol::Tcp,
+            addr: [10, 96, 0, last].into(),
+            port: 80,
+        };
+        let rs = Destination {
+            weight: 3,
+            ..Destination::masq([10, 244, 0, 11].into(), 8080)
+        };
+        let ops = [
+            // Read as missing, but there: becomes an update.
+            Operation::AddService(Service::new(tcp(1), Scheduler::new("wrr").unwrap())),
+            Operation::AddDestination(tcp(1), rs.clone()),
+            // Read as present, but gone: becomes an add, then its real server lands.
+            Operation::UpdateService(Service::new(tcp(2), Scheduler::rr())),
+            Operation::UpdateDestination(tcp(2), rs.clone()),
+            // Already gone: nothing to do.
+            Operation::DeleteService(tcp(3)),
+        ];
+        let mut kernel = Kernel::open(&Syncer::default_kernel_options(&options()))
+            .await
+            .unwrap();
+        let mut out = Outcome::default();
+        kernel.apply_ipvs(&ops, &mut out).await;
+
+        assert_eq!(out.failures, vec![]);
+        assert!(out.observation_stale);
+        assert_eq!(
+            out.writes,
+            WriteCounts {
+                services_added: 1,
+                services_updated: 1,
+                real_servers_added: 1,
+                real_servers_updated: 1,
+                ..WriteCounts::default()
+            }
+        );
+        assert_eq!(
+            sorted_lines(&ipvsadm_save().unwrap()),
+            sorted_lines(
+                "-A -t 10.96.0.1:80 -s wrr\n\
+                 -a -t 10.96.0.1:80 -r 10.244.0.11:8080 -m -w 3\n\
+                 -A -t 10.96.0.2:80 -s rr\n\
+                 -a -t 10.96.0.2:80 -r 10.244.0.11:8080 -m -w 3\n"
+            )
+        );
+    });
+}

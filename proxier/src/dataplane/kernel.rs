@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use netlink::AddressFamily;
 use netlink::ipset::{IpsetError, IpsetHandle, Member, SetType};
 use netlink::ipvs::{
-    DestinationKey, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
+    DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
 };
 use netlink::link::{LinkError, Links, LocalAddress};
 
@@ -145,6 +145,10 @@ impl fmt::Display for WriteCounts {
 pub struct Outcome {
     pub writes: WriteCounts,
     pub failures: Vec<Failure>,
+    /// The kernel disagreed with what the sync observed (an add found the object there, an
+    /// update or delete found it gone) and the write was redone as what the kernel holds
+    /// needed. The observation is not a view to cache.
+    pub observation_stale: bool,
 }
 
 impl Outcome {
@@ -152,6 +156,12 @@ impl Outcome {
         let error = error.to_string();
         tracing::warn!(object = %object, error = %error, "kernel write failed");
         self.failures.push(Failure { object, error });
+    }
+
+    /// No failure, and the observation matched the kernel: the state after this sync is the
+    /// observation with the writes applied.
+    pub fn clean(&self) -> bool {
+        self.failures.is_empty() && !self.observation_stale
     }
 }
 
@@ -448,13 +458,74 @@ impl Kernel {
             return;
         }
         let results = self.ipvs.apply(ops).await;
+        let mut redo = Vec::new();
         for (op, result) in ops.iter().zip(results) {
+            match result {
+                Ok(()) => out.writes.count_ipvs(op),
+                Err(e) => match e.kind().and_then(|kind| stale_view_recovery(op, kind)) {
+                    Some(Recovery::Done) => {
+                        tracing::info!(object = %op.describe(), "already as desired in the kernel");
+                        out.observation_stale = true;
+                    }
+                    Some(Recovery::Redo(again)) => {
+                        tracing::info!(
+                            object = %op.describe(), error = %e,
+                            "the kernel differs from what this sync read; writing it again"
+                        );
+                        out.observation_stale = true;
+                        redo.push(again);
+                    }
+                    None => out.fail(op.describe(), e),
+                },
+            }
+        }
+        if redo.is_empty() {
+            return;
+        }
+        // In order: a redone service add comes before the redone real servers under it.
+        let results = self.ipvs.apply(&redo).await;
+        for (op, result) in redo.iter().zip(results) {
             match result {
                 Ok(()) => out.writes.count_ipvs(op),
                 Err(e) => out.fail(op.describe(), e),
             }
         }
     }
+}
+
+/// What to do about an IPVS write the kernel refused because its object is not in the state
+/// the sync observed. The kernel's service dump is not a snapshot: its resume index counts
+/// the services of every network namespace, so a change in another namespace between two
+/// parts of a dump can repeat or skip a service. A skipped service is then added again
+/// (EEXIST); redoing the write as an update converges in the same sync instead of a retry.
+#[derive(Debug, PartialEq, Eq)]
+enum Recovery {
+    /// The kernel already holds what the write wanted.
+    Done,
+    /// Write this instead.
+    Redo(Operation),
+}
+
+fn stale_view_recovery(op: &Operation, kind: ErrorKind) -> Option<Recovery> {
+    use ErrorKind::{AlreadyExists, NoSuchService, NotFound};
+    Some(match (op, kind) {
+        (Operation::AddService(s), AlreadyExists) => {
+            Recovery::Redo(Operation::UpdateService(s.clone()))
+        }
+        (Operation::UpdateService(s), NoSuchService) => {
+            Recovery::Redo(Operation::AddService(s.clone()))
+        }
+        (Operation::AddDestination(k, d), AlreadyExists) => {
+            Recovery::Redo(Operation::UpdateDestination(*k, d.clone()))
+        }
+        // Under a service that was gone too: its redone add precedes this in the redo batch.
+        (Operation::UpdateDestination(k, d), NotFound | NoSuchService) => {
+            Recovery::Redo(Operation::AddDestination(*k, d.clone()))
+        }
+        (Operation::DeleteService(_), NoSuchService)
+        | (Operation::DeleteDestination(..), NotFound | NoSuchService) => Recovery::Done,
+        _ => return None,
+    })
 }
 
 /// One add or delete batch; returns how many members failed (each recorded by name).
@@ -482,5 +553,72 @@ fn member_batch(
             out.fail(format!("ipset {op} {set}"), e);
             members.len()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink::Protocol;
+    use netlink::ipvs::{Destination, Scheduler, Service};
+
+    use super::*;
+
+    #[test]
+    fn writes_refused_for_a_stale_read_are_redone_as_the_kernel_needs() {
+        let key = ServiceKey::Inet {
+            protocol: Protocol::Tcp,
+            addr: [10, 96, 0, 1].into(),
+            port: 80,
+        };
+        let service = Service::new(key, Scheduler::rr());
+        let rs = Destination::masq([10, 244, 0, 2].into(), 8080);
+        let redo = |op: Operation, kind| stale_view_recovery(&op, kind);
+        use ErrorKind::*;
+        assert_eq!(
+            redo(Operation::AddService(service.clone()), AlreadyExists),
+            Some(Recovery::Redo(Operation::UpdateService(service.clone())))
+        );
+        assert_eq!(
+            redo(Operation::UpdateService(service.clone()), NoSuchService),
+            Some(Recovery::Redo(Operation::AddService(service.clone())))
+        );
+        assert_eq!(
+            redo(Operation::AddDestination(key, rs.clone()), AlreadyExists),
+            Some(Recovery::Redo(Operation::UpdateDestination(
+                key,
+                rs.clone()
+            )))
+        );
+        assert_eq!(
+            redo(Operation::UpdateDestination(key, rs.clone()), NotFound),
+            Some(Recovery::Redo(Operation::AddDestination(key, rs.clone())))
+        );
+        assert_eq!(
+            redo(Operation::UpdateDestination(key, rs.clone()), NoSuchService),
+            Some(Recovery::Redo(Operation::AddDestination(key, rs.clone())))
+        );
+        assert_eq!(
+            redo(Operation::DeleteService(key), NoSuchService),
+            Some(Recovery::Done)
+        );
+        assert_eq!(
+            redo(Operation::DeleteDestination(key, rs.key()), NoSuchService),
+            Some(Recovery::Done)
+        );
+        // Refusals that say nothing about a stale read stay failures.
+        assert_eq!(
+            redo(Operation::AddService(service.clone()), UnknownScheduler),
+            None
+        );
+        assert_eq!(
+            redo(Operation::AddDestination(key, rs.clone()), InvalidArgument),
+            None
+        );
+        // A real server add under a service that is gone is a real failure: the service add
+        // before it in the batch failed, or someone deleted it and it must be re-added first.
+        assert_eq!(
+            redo(Operation::AddDestination(key, rs), NoSuchService),
+            None
+        );
     }
 }

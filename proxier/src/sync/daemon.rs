@@ -336,7 +336,8 @@ impl Daemon {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
                 self.write_state(&objects);
-                if report.failures.is_empty() {
+                // A stale read is retried like a failure: the retry is a full sync.
+                if report.converged() {
                     Outcome::Ok
                 } else {
                     Outcome::Failed

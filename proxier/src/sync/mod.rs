@@ -111,6 +111,16 @@ pub struct SyncReport {
     pub incremental: bool,
     /// Virtual servers re-read from the kernel by an incremental sync.
     pub reread: usize,
+    /// The kernel differed from what this sync read (see `Outcome::observation_stale`): the
+    /// writes were redone, but what else the read missed waits for a full sync.
+    pub observation_stale: bool,
+}
+
+impl SyncReport {
+    /// Whether the sync needs no follow-up: nothing failed and the read was accurate.
+    pub fn converged(&self) -> bool {
+        self.failures.is_empty() && !self.observation_stale
+    }
 }
 
 /// Everything one sync will change, decided from the plan and the observed state.
@@ -288,7 +298,7 @@ impl Syncer {
         let started = Instant::now();
         let ifindex = self.apply(&observed, &changes, &[], &mut out).await;
         let apply = started.elapsed();
-        if out.failures.is_empty() {
+        if out.clean() {
             let mut cache = KernelCache {
                 observed,
                 rules: Vec::new(),
@@ -378,7 +388,7 @@ impl Syncer {
             .apply(&cache.observed, &changes, &in_place, &mut out)
             .await;
         let apply = started.elapsed();
-        if out.failures.is_empty() {
+        if out.clean() {
             cache.applied(&changes, ifindex, rules);
             self.cache = Some(cache);
         }
@@ -421,6 +431,7 @@ impl Syncer {
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
+            observation_stale: out.observation_stale,
             diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
             virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
             real_servers: plan
@@ -474,7 +485,7 @@ impl Syncer {
         };
         let ops = self.drains.check(&connections, Instant::now());
         self.kernel.apply_ipvs(&ops, &mut out).await;
-        match (&mut self.cache, out.failures.is_empty()) {
+        match (&mut self.cache, out.clean()) {
             (Some(cache), true) => cache.apply_ipvs(&ops),
             _ => self.cache = None,
         }
