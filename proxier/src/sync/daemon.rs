@@ -401,6 +401,7 @@ impl Daemon {
             ("ipset_entry_add", w.set_members_added),
             ("ipset_entry_del", w.set_members_deleted),
             ("iptables_restore", w.iptables_restores),
+            ("conntrack_entry_delete", w.conntrack_entries_deleted),
         ] {
             self.metrics
                 .add_operations(kind, OpResult::Applied, n as u64);

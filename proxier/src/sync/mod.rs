@@ -28,6 +28,7 @@
 pub mod cache;
 pub mod cleanup;
 pub mod cmd;
+mod conntrack;
 pub mod daemon;
 pub mod graceful;
 pub mod manifests;
@@ -228,6 +229,8 @@ pub struct Syncer {
     last_full: Option<Instant>,
     /// Longest time between full syncs when only incremental ones are asked for.
     full_every: Option<Duration>,
+    /// The UDP serving endpoints the last conntrack cleanup succeeded for.
+    conntrack_clean_for: Option<crate::stale_flows::UdpServing>,
 }
 
 impl Syncer {
@@ -244,6 +247,7 @@ impl Syncer {
             cache: None,
             last_full: None,
             full_every: None,
+            conntrack_clean_for: None,
         })
     }
 
@@ -424,10 +428,11 @@ impl Syncer {
         &mut self,
         plan: Plan,
         objects: &Manifests,
-        out: Outcome,
+        mut out: Outcome,
         timings: Timings,
         reread: Option<usize>,
     ) -> SyncReport {
+        self.clean_stale_flows(objects, &mut out);
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
