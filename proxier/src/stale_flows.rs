@@ -18,6 +18,15 @@
 //! one address whose endpoints differ, the last port in map order decides for both.
 //!
 //! SCTP and TCP entries are never touched (upstream neither): they end on their own.
+//!
+//! In IPVS mode the kernel does most of this itself: with `expire_nodest_conn=1` (which the
+//! sysctl step sets) deleting a real server queues a work that expires its IPVS connections
+//! and, with `vs/conntrack=1`, their conntrack entries (seen in the lab guest, 6.1: the entry
+//! is gone before the next `conntrack -L`). With `expire_nodest_conn=0` the IPVS connection
+//! keeps the flow on the deleted server and its datagrams are dropped until the IPVS UDP
+//! timeout, whether or not the conntrack entry is deleted. What is left for this cleanup:
+//! entries the kernel did not expire (made before this process ran, e.g. under other
+//! sysctls), and parity with upstream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
