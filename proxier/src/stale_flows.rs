@@ -143,6 +143,13 @@ impl UdpServing {
     }
 }
 
+/// Whether a sync must look for stale entries: the serving endpoints of a UDP service port
+/// changed since the last successful cleanup (`None`: none yet in this process, so anything
+/// may have changed while it was down). Without UDP service ports nothing can be stale.
+pub fn cleanup_needed(last: Option<&UdpServing>, now: &UdpServing) -> bool {
+    last != Some(now) && !now.is_empty()
+}
+
 /// The UDP entries of `entries` that `serving` says are stale, each once, in input order.
 pub fn stale_entries(entries: &[Entry], serving: &UdpServing) -> Vec<Entry> {
     entries
@@ -285,6 +292,18 @@ spec:
         ];
         let stale = stale_entries(&entries, &serving);
         assert_eq!(stale, entries[3..7].to_vec());
+    }
+
+    #[test]
+    fn cleanup_runs_first_and_on_changes_of_serving_endpoints() {
+        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let none = UdpServing::default();
+        assert!(cleanup_needed(None, &serving));
+        assert!(!cleanup_needed(Some(&serving), &serving));
+        assert!(!cleanup_needed(None, &none));
+        let mut fewer = serving.clone();
+        fewer.node_ports.clear();
+        assert!(cleanup_needed(Some(&serving), &fewer));
     }
 
     #[test]
