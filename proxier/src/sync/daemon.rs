@@ -408,6 +408,10 @@ impl Daemon {
         }
         self.metrics
             .add_operations("any", OpResult::Failed, report.failures.len() as u64);
+        for run in &report.conntrack {
+            self.metrics
+                .record_conntrack_cleanup(run.family, run.took, run.deleted);
+        }
         for (i, &f) in self.families.iter().enumerate() {
             let ok = !restore_failed(f);
             if !ok {

@@ -51,6 +51,7 @@ use cache::KernelCache;
 use graceful::Drains;
 
 pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
+pub use conntrack::ConntrackRun;
 
 /// What the sync engine is told besides the planner's configuration.
 #[derive(Debug, Clone)]
@@ -115,6 +116,8 @@ pub struct SyncReport {
     /// The kernel differed from what this sync read (see `Outcome::observation_stale`): the
     /// writes were redone, but what else the read missed waits for a full sync.
     pub observation_stale: bool,
+    /// The stale UDP conntrack cleanup of each family, when one ran.
+    pub conntrack: Vec<ConntrackRun>,
 }
 
 impl SyncReport {
@@ -432,7 +435,7 @@ impl Syncer {
         timings: Timings,
         reread: Option<usize>,
     ) -> SyncReport {
-        self.clean_stale_flows(objects, &mut out);
+        let conntrack = self.clean_stale_flows(objects, &mut out);
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
@@ -449,6 +452,7 @@ impl Syncer {
             apply: timings.apply,
             incremental: reread.is_some(),
             reread: reread.unwrap_or(0),
+            conntrack,
         };
         tracing::info!(
             incremental = report.incremental,
