@@ -1,6 +1,7 @@
-//! Kernel wire formats and async handles for IPVS (generic netlink), ipset (nfnetlink) and
-//! links/addresses (rtnetlink). This crate knows nothing about Kubernetes.
+//! Kernel wire formats and async handles for IPVS (generic netlink), ipset and conntrack
+//! (nfnetlink) and links/addresses (rtnetlink). This crate knows nothing about Kubernetes.
 
+pub mod conntrack;
 pub mod inet;
 pub mod ipset;
 pub mod ipvs;

@@ -11,5 +11,6 @@ pub mod model;
 pub mod plan;
 pub mod serve;
 pub mod source;
+pub mod stale_flows;
 pub mod sync;
 pub mod synthetic;

@@ -44,6 +44,7 @@ _LAB_PACKAGES=(
     "iproute2:ip"
     "curl:curl"
     "strace:strace"
+    "conntrack:conntrack"
 )
 
 lab_log() { printf 'lab: %s\n' "$*" >&2; }

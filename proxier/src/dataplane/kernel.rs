@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use netlink::AddressFamily;
+use netlink::conntrack::{ConntrackError, ConntrackHandle, Entry};
 use netlink::ipset::{IpsetError, IpsetHandle, Member, SetType};
 use netlink::ipvs::{
     DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
@@ -40,6 +41,8 @@ pub enum KernelError {
     },
     #[error("sysctl: {0}")]
     Sysctl(#[from] SysctlError),
+    #[error("{0}")]
+    Conntrack(#[from] ConntrackError),
 }
 
 /// `IPv4` or `IPv6`, as kube-proxy names families.
@@ -82,6 +85,8 @@ pub struct WriteCounts {
     pub real_servers_added: usize,
     pub real_servers_updated: usize,
     pub real_servers_deleted: usize,
+    /// Stale UDP conntrack entries deleted.
+    pub conntrack_entries_deleted: usize,
 }
 
 impl WriteCounts {
@@ -100,6 +105,7 @@ impl WriteCounts {
             + self.real_servers_added
             + self.real_servers_updated
             + self.real_servers_deleted
+            + self.conntrack_entries_deleted
     }
 
     fn count_ipvs(&mut self, op: &Operation) {
@@ -120,7 +126,7 @@ impl fmt::Display for WriteCounts {
             f,
             "{} writes: sysctls={} links={} bind={} unbind={} sets-created={} set-add={} \
              set-del={} iptables-restores={} vs-add={} vs-update={} vs-del={} rs-add={} \
-             rs-update={} rs-del={}",
+             rs-update={} rs-del={} conntrack-del={}",
             self.total(),
             self.sysctls,
             self.links_created,
@@ -135,7 +141,8 @@ impl fmt::Display for WriteCounts {
             self.services_deleted,
             self.real_servers_added,
             self.real_servers_updated,
-            self.real_servers_deleted
+            self.real_servers_deleted,
+            self.conntrack_entries_deleted
         )
     }
 }
@@ -152,7 +159,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn fail(&mut self, object: String, error: impl fmt::Display) {
+    pub(crate) fn fail(&mut self, object: String, error: impl fmt::Display) {
         let error = error.to_string();
         tracing::warn!(object = %object, error = %error, "kernel write failed");
         self.failures.push(Failure { object, error });
@@ -196,6 +203,7 @@ pub struct Kernel {
     ipvs: IpvsHandle,
     links: Links,
     ipset: IpsetHandle,
+    conntrack: ConntrackHandle,
     iptables: Vec<Iptables>,
     sysctls: Sysctls,
     dummy: String,
@@ -218,6 +226,7 @@ impl Kernel {
         let ipvs = IpvsHandle::connect().await?;
         let links = Links::new()?;
         let ipset = IpsetHandle::new()?;
+        let conntrack = ConntrackHandle::new()?;
         let iptables = options
             .families
             .iter()
@@ -230,6 +239,7 @@ impl Kernel {
             ipvs,
             links,
             ipset,
+            conntrack,
             iptables,
             sysctls: Sysctls::new(options.sysctl_root.clone()),
             dummy: options.dummy.clone(),
@@ -491,6 +501,48 @@ impl Kernel {
             }
         }
     }
+}
+
+impl Kernel {
+    /// Every conntrack entry of `family` (one dump).
+    pub fn conntrack_entries(&mut self, family: AddressFamily) -> Result<Vec<Entry>, KernelError> {
+        Ok(self.conntrack.dump(family)?)
+    }
+
+    /// Deletes conntrack entries (each by tuple and id, in batches); an entry already gone
+    /// counts as neither a write nor a failure.
+    pub fn delete_conntrack(&mut self, entries: &[Entry], out: &mut Outcome) {
+        if entries.is_empty() {
+            return;
+        }
+        match self.conntrack.delete(entries) {
+            Ok(report) => {
+                out.writes.conntrack_entries_deleted += report.deleted;
+                for (e, errno) in report.failed {
+                    out.fail(
+                        describe_entry("delete conntrack entry", &e),
+                        std::io::Error::from_raw_os_error(errno),
+                    );
+                }
+            }
+            Err(e) => out.fail(format!("delete {} conntrack entries", entries.len()), e),
+        }
+    }
+}
+
+/// `udp 10.0.0.1:40000 -> 10.96.0.10:53 (reply from 10.244.0.5:53)`.
+pub fn describe_entry(what: &str, e: &Entry) -> String {
+    let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{what} proto {} {}{} -> {}{} (reply from {}{})",
+        e.orig.protocol,
+        e.orig.src,
+        port(e.orig.src_port),
+        e.orig.dst,
+        port(e.orig.dst_port),
+        e.reply.src,
+        port(e.reply.src_port)
+    )
 }
 
 /// What to do about an IPVS write the kernel refused because its object is not in the state

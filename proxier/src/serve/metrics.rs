@@ -141,6 +141,8 @@ struct State {
     network_programming: BTreeMap<AddressFamily, Histogram>,
     no_local_endpoints: BTreeMap<(AddressFamily, TrafficPolicy), f64>,
     iptables_restore_failures: BTreeMap<AddressFamily, u64>,
+    conntrack_duration: BTreeMap<AddressFamily, Histogram>,
+    conntrack_deleted: BTreeMap<AddressFamily, u64>,
     operations: BTreeMap<(String, OpResult), u64>,
     kernel_objects: BTreeMap<(KernelObject, AddressFamily), f64>,
 }
@@ -239,6 +241,19 @@ impl Metrics {
             .iptables_restore_failures
             .entry(family)
             .or_default() += 1;
+    }
+
+    /// One conntrack cleanup of `family` (the reconciler's
+    /// `kubeproxy_conntrack_reconciler_sync_duration_seconds` and `..._deleted_entries_total`).
+    /// The histogram uses the sync duration's buckets.
+    pub fn record_conntrack_cleanup(&self, family: AddressFamily, took: Duration, deleted: usize) {
+        let bounds = self.sync_bounds.clone();
+        let mut st = self.state();
+        st.conntrack_duration
+            .entry(family)
+            .or_insert_with(|| Histogram::new(bounds))
+            .observe(took.as_secs_f64());
+        *st.conntrack_deleted.entry(family).or_default() += deleted as u64;
     }
 
     /// Counts dataplane operations (`kind` such as `ipvs_service_add`, `ipset_entry_del`).
@@ -363,6 +378,22 @@ impl Metrics {
         for (f, n) in &st.iptables_restore_failures {
             w.sample(IPTABLES_RESTORE_FAILURES, &fam(f), *n as f64);
         }
+        w.header(
+            CONNTRACK_DURATION,
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            "histogram",
+        );
+        for (f, h) in &st.conntrack_duration {
+            w.histogram(CONNTRACK_DURATION, &fam(f), h);
+        }
+        w.header(
+            CONNTRACK_DELETED,
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            "counter",
+        );
+        for (f, n) in &st.conntrack_deleted {
+            w.sample(CONNTRACK_DELETED, &fam(f), *n as f64);
+        }
         w.header_own(
             OPERATIONS_TOTAL,
             "Dataplane operations (IPVS, ipset, address, iptables writes) by kind and result",
@@ -404,6 +435,8 @@ pub const NETWORK_PROGRAMMING: &str = "kubeproxy_network_programming_duration_se
 pub const NO_LOCAL_ENDPOINTS: &str = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
 pub const IPTABLES_RESTORE_FAILURES: &str =
     "kubeproxy_sync_proxy_rules_iptables_restore_failures_total";
+pub const CONNTRACK_DURATION: &str = "kubeproxy_conntrack_reconciler_sync_duration_seconds";
+pub const CONNTRACK_DELETED: &str = "kubeproxy_conntrack_reconciler_deleted_entries_total";
 pub const OPERATIONS_TOTAL: &str = "ipvs_proxier_operations_total";
 pub const KERNEL_OBJECTS: &str = "ipvs_proxier_kernel_objects";
 
@@ -421,6 +454,8 @@ pub const ALL: &[(&str, &str)] = &[
     (NETWORK_PROGRAMMING, "histogram"),
     (NO_LOCAL_ENDPOINTS, "gauge"),
     (IPTABLES_RESTORE_FAILURES, "counter"),
+    (CONNTRACK_DURATION, "histogram"),
+    (CONNTRACK_DELETED, "counter"),
     (OPERATIONS_TOTAL, "counter"),
     (KERNEL_OBJECTS, "gauge"),
 ];
@@ -568,6 +603,23 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn conntrack_cleanups_per_family() {
+        let m = Metrics::new();
+        m.record_conntrack_cleanup(AddressFamily::Inet, Duration::from_millis(3), 2);
+        m.record_conntrack_cleanup(AddressFamily::Inet, Duration::from_millis(5), 1);
+        m.record_conntrack_cleanup(AddressFamily::Inet6, Duration::from_millis(1), 0);
+        let text = m.render();
+        for line in [
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 3\n",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 0\n",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv4\"} 2\n",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv6\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

@@ -401,12 +401,17 @@ impl Daemon {
             ("ipset_entry_add", w.set_members_added),
             ("ipset_entry_del", w.set_members_deleted),
             ("iptables_restore", w.iptables_restores),
+            ("conntrack_entry_delete", w.conntrack_entries_deleted),
         ] {
             self.metrics
                 .add_operations(kind, OpResult::Applied, n as u64);
         }
         self.metrics
             .add_operations("any", OpResult::Failed, report.failures.len() as u64);
+        for run in &report.conntrack {
+            self.metrics
+                .record_conntrack_cleanup(run.family, run.took, run.deleted);
+        }
         for (i, &f) in self.families.iter().enumerate() {
             let ok = !restore_failed(f);
             if !ok {

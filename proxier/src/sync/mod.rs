@@ -28,6 +28,7 @@
 pub mod cache;
 pub mod cleanup;
 pub mod cmd;
+mod conntrack;
 pub mod daemon;
 pub mod graceful;
 pub mod manifests;
@@ -50,6 +51,7 @@ use cache::KernelCache;
 use graceful::Drains;
 
 pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
+pub use conntrack::ConntrackRun;
 
 /// What the sync engine is told besides the planner's configuration.
 #[derive(Debug, Clone)]
@@ -114,6 +116,8 @@ pub struct SyncReport {
     /// The kernel differed from what this sync read (see `Outcome::observation_stale`): the
     /// writes were redone, but what else the read missed waits for a full sync.
     pub observation_stale: bool,
+    /// The stale UDP conntrack cleanup of each family, when one ran.
+    pub conntrack: Vec<ConntrackRun>,
 }
 
 impl SyncReport {
@@ -228,6 +232,8 @@ pub struct Syncer {
     last_full: Option<Instant>,
     /// Longest time between full syncs when only incremental ones are asked for.
     full_every: Option<Duration>,
+    /// The UDP serving endpoints the last conntrack cleanup succeeded for.
+    conntrack_clean_for: Option<crate::stale_flows::UdpServing>,
 }
 
 impl Syncer {
@@ -244,6 +250,7 @@ impl Syncer {
             cache: None,
             last_full: None,
             full_every: None,
+            conntrack_clean_for: None,
         })
     }
 
@@ -424,10 +431,11 @@ impl Syncer {
         &mut self,
         plan: Plan,
         objects: &Manifests,
-        out: Outcome,
+        mut out: Outcome,
         timings: Timings,
         reread: Option<usize>,
     ) -> SyncReport {
+        let conntrack = self.clean_stale_flows(objects, &mut out);
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
@@ -444,6 +452,7 @@ impl Syncer {
             apply: timings.apply,
             incremental: reread.is_some(),
             reread: reread.unwrap_or(0),
+            conntrack,
         };
         tracing::info!(
             incremental = report.incremental,

@@ -1,0 +1,323 @@
+//! Which UDP conntrack entries are stale (reference §1 #25). Pure: the sync reads the table
+//! and deletes what [`stale_entries`] picks.
+//!
+//! UDP has no connection to end, so a client that keeps sending from one socket keeps its
+//! conntrack entry (and with it the NAT to a backend) alive after that backend is gone. As
+//! upstream's reconciler (`pkg/proxy/conntrack/cleanup.go`), for UDP service ports only:
+//!
+//! - an entry whose original destination is a service address (ClusterIP, external IP,
+//!   load-balancer IP) and port, and whose reply source is not a *serving* endpoint of that
+//!   port, is stale; this includes entries made while the port had no endpoint at all (the
+//!   reply source is then the service address itself);
+//! - an entry whose original destination port is a UDP NodePort and whose reply source is not
+//!   a serving endpoint of it is stale.
+//!
+//! Serving endpoints count whatever the traffic policies, topology or terminating state (a
+//! change of those must not cut existing flows, as for TCP). Unlike upstream, the service
+//! address is matched with its port: upstream keys by address alone, so with two UDP ports of
+//! one address whose endpoints differ, the last port in map order decides for both.
+//!
+//! SCTP and TCP entries are never touched (upstream neither): they end on their own.
+//!
+//! In IPVS mode the kernel does most of this itself: with `expire_nodest_conn=1` (which the
+//! sysctl step sets) deleting a real server queues a work that expires its IPVS connections
+//! and, with `vs/conntrack=1`, their conntrack entries (seen in the lab guest, 6.1: the entry
+//! is gone before the next `conntrack -L`). With `expire_nodest_conn=0` the IPVS connection
+//! keeps the flow on the deleted server and its datagrams are dropped until the IPVS UDP
+//! timeout, whether or not the conntrack entry is deleted. What is left for this cleanup:
+//! entries the kernel did not expire (made before this process ran, e.g. under other
+//! sysctls), and parity with upstream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use netlink::Protocol;
+use netlink::conntrack::Entry;
+
+use crate::model::manifests::Manifests;
+use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions};
+
+/// `IPPROTO_UDP` as conntrack tuples carry it.
+const UDP: u8 = 17;
+
+/// The serving endpoint addresses of every UDP service port: what a UDP entry's reply source
+/// must be for the entry to stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpServing {
+    /// (service address, port) -> serving endpoint addresses.
+    pub addresses: BTreeMap<(IpAddr, u16), BTreeSet<IpAddr>>,
+    /// UDP NodePort -> serving endpoint addresses.
+    pub node_ports: BTreeMap<u16, BTreeSet<IpAddr>>,
+}
+
+impl UdpServing {
+    /// No UDP service port: no entry can be stale.
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.node_ports.is_empty()
+    }
+
+    /// From a model.
+    pub fn of_model(model: &Model) -> Self {
+        let mut out = Self::default();
+        for svc in model.services.values() {
+            for port in svc
+                .ports
+                .iter()
+                .filter(|p| p.name.protocol == Protocol::Udp)
+            {
+                let serving: BTreeSet<IpAddr> = model
+                    .endpoints
+                    .get(&port.name)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.serving)
+                    .map(|e| e.addr)
+                    .collect();
+                for ip in svc
+                    .cluster_ips
+                    .iter()
+                    .chain(&svc.external_ips)
+                    .chain(&svc.load_balancer_ips)
+                {
+                    out.addresses
+                        .entry((*ip, port.port))
+                        .or_default()
+                        .extend(&serving);
+                }
+                if let Some(np) = port.node_port {
+                    out.node_ports.entry(np).or_default().extend(&serving);
+                }
+            }
+        }
+        out
+    }
+
+    /// From the objects: only the Services with a UDP port (and their slices) are modelled,
+    /// so the cost follows the number of UDP Services, not the cluster's size.
+    pub fn of_objects(objects: &Manifests, options: &ModelOptions) -> Self {
+        let udp: Vec<core::Service> = objects
+            .services
+            .iter()
+            .filter(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|spec| spec.ports.as_ref())
+                    .is_some_and(|ports| ports.iter().any(|p| p.protocol.as_deref() == Some("UDP")))
+            })
+            .cloned()
+            .collect();
+        if udp.is_empty() {
+            return Self::default();
+        }
+        let names: BTreeSet<(&str, &str)> = udp
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.metadata.namespace.as_deref().unwrap_or("default"),
+                    s.metadata.name.as_deref()?,
+                ))
+            })
+            .collect();
+        let slices: Vec<discovery::EndpointSlice> = objects
+            .endpoint_slices
+            .iter()
+            .filter(|e| {
+                let service = e
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_SERVICE_NAME));
+                service.is_some_and(|name| {
+                    names.contains(&(
+                        e.metadata.namespace.as_deref().unwrap_or("default"),
+                        name.as_str(),
+                    ))
+                })
+            })
+            .cloned()
+            .collect();
+        let (model, _) = Model::build(&udp, &slices, &objects.nodes, options);
+        Self::of_model(&model)
+    }
+}
+
+/// Whether a sync must look for stale entries: the serving endpoints of a UDP service port
+/// changed since the last successful cleanup (`None`: none yet in this process, so anything
+/// may have changed while it was down). Without UDP service ports nothing can be stale.
+pub fn cleanup_needed(last: Option<&UdpServing>, now: &UdpServing) -> bool {
+    last != Some(now) && !now.is_empty()
+}
+
+/// The UDP entries of `entries` that `serving` says are stale, each once, in input order.
+pub fn stale_entries(entries: &[Entry], serving: &UdpServing) -> Vec<Entry> {
+    entries
+        .iter()
+        .filter(|e| e.orig.protocol == UDP)
+        .filter(|e| {
+            let reply_src = e.reply.src;
+            let stale = |eps: &BTreeSet<IpAddr>| !eps.contains(&reply_src);
+            let by_address = e
+                .orig
+                .dst_port
+                .and_then(|port| serving.addresses.get(&(e.orig.dst, port)))
+                .is_some_and(stale);
+            let by_node_port = e
+                .orig
+                .dst_port
+                .and_then(|port| serving.node_ports.get(&port))
+                .is_some_and(stale);
+            by_address || by_node_port
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink::conntrack::Tuple;
+    use pretty_assertions::assert_eq;
+
+    use super::*;
+    use crate::model::manifests::parse_manifests;
+
+    const OBJECTS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  externalIPs: [192.0.2.10]
+  ports:
+  - {name: dns, protocol: UDP, port: 53, targetPort: 53, nodePort: 30053}
+  - {name: dns-tcp, protocol: TCP, port: 53, targetPort: 53, nodePort: 30054}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: dns}
+addressType: IPv4
+ports:
+- {name: dns, protocol: UDP, port: 53}
+- {name: dns-tcp, protocol: TCP, port: 53}
+endpoints:
+- addresses: [10.244.0.5]
+  conditions: {ready: true}
+- addresses: [10.244.0.6]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.244.0.7]
+  conditions: {ready: false, serving: false}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - {protocol: TCP, port: 80}
+";
+
+    fn options() -> ModelOptions {
+        ModelOptions {
+            node_name: "node-1".into(),
+            service_proxy_name: None,
+        }
+    }
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn entry(protocol: u8, client: &str, dst: &str, dport: u16, backend: &str) -> Entry {
+        let t = |src: &str, dst: &str, sport, dport| Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol,
+            src_port: Some(sport),
+            dst_port: Some(dport),
+            other_l4: Vec::new(),
+        };
+        Entry {
+            orig: t(client, dst, 40000, dport),
+            reply: t(backend, client, 53, 40000),
+            id: Some(1),
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn serving_endpoints_of_udp_ports_only() {
+        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        // The ready and the serving-terminating endpoint; not the unserving one; no TCP port.
+        let eps = ips(&["10.244.0.5", "10.244.0.6"]);
+        assert_eq!(
+            serving,
+            UdpServing {
+                addresses: [
+                    (("10.96.0.10".parse().unwrap(), 53), eps.clone()),
+                    (("192.0.2.10".parse().unwrap(), 53), eps.clone()),
+                ]
+                .into(),
+                node_ports: [(30053, eps)].into(),
+            }
+        );
+        assert!(UdpServing::of_objects(&Manifests::default(), &options()).is_empty());
+    }
+
+    #[test]
+    fn entries_not_answered_by_a_serving_endpoint_are_stale() {
+        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let entries = vec![
+            // Kept: answered by a serving endpoint (ready, or terminating but serving).
+            entry(UDP, "10.0.0.1", "10.96.0.10", 53, "10.244.0.5"),
+            entry(UDP, "10.0.0.1", "192.0.2.10", 53, "10.244.0.6"),
+            entry(UDP, "10.0.0.1", "10.0.0.2", 30053, "10.244.0.5"),
+            // Stale: a removed or unserving backend, to the ClusterIP, an external IP and
+            // the NodePort on a node address.
+            entry(UDP, "10.0.0.1", "10.96.0.10", 53, "10.244.0.9"),
+            entry(UDP, "10.0.0.1", "192.0.2.10", 53, "10.244.0.7"),
+            entry(UDP, "10.0.0.3", "10.0.0.2", 30053, "10.244.0.9"),
+            // Stale: made while the port had no endpoint (the VIP answered itself).
+            entry(UDP, "10.0.0.1", "10.96.0.10", 53, "10.96.0.10"),
+            // Kept: TCP and SCTP, another port of the address, a foreign address.
+            entry(6, "10.0.0.1", "10.96.0.10", 53, "10.244.0.9"),
+            entry(132, "10.0.0.1", "10.96.0.10", 53, "10.244.0.9"),
+            entry(UDP, "10.0.0.1", "10.96.0.10", 5353, "10.244.0.9"),
+            entry(UDP, "10.0.0.1", "10.96.0.20", 53, "10.244.0.9"),
+        ];
+        let stale = stale_entries(&entries, &serving);
+        assert_eq!(stale, entries[3..7].to_vec());
+    }
+
+    #[test]
+    fn cleanup_runs_first_and_on_changes_of_serving_endpoints() {
+        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let none = UdpServing::default();
+        assert!(cleanup_needed(None, &serving));
+        assert!(!cleanup_needed(Some(&serving), &serving));
+        assert!(!cleanup_needed(None, &none));
+        let mut fewer = serving.clone();
+        fewer.node_ports.clear();
+        assert!(cleanup_needed(Some(&serving), &fewer));
+    }
+
+    #[test]
+    fn a_port_without_endpoints_makes_every_entry_to_it_stale() {
+        let text = OBJECTS.replace(
+            "kubernetes.io/service-name: dns",
+            "kubernetes.io/service-name: other",
+        );
+        let serving = UdpServing::of_objects(&parse_manifests(&text), &options());
+        assert_eq!(
+            serving.addresses.values().map(BTreeSet::len).sum::<usize>(),
+            0
+        );
+        let e = entry(UDP, "10.0.0.1", "10.96.0.10", 53, "10.244.0.5");
+        assert_eq!(stale_entries(std::slice::from_ref(&e), &serving), vec![e]);
+    }
+}
