@@ -121,8 +121,23 @@ pub fn ipset_changes(
 /// the kernel accepts: services are added or updated before their real servers are touched,
 /// and stale services are deleted last (which drops their real servers with them).
 pub fn ipvs_operations(desired: &Table, observed: &Table, ownership: &Ownership) -> Vec<Operation> {
+    ipvs_operations_of(&[desired], observed, ownership)
+}
+
+/// [`ipvs_operations`] with the desired state split over several tables with disjoint keys
+/// (one per family), without merging them into a copy.
+pub fn ipvs_operations_of(
+    desired: &[&Table],
+    observed: &Table,
+    ownership: &Ownership,
+) -> Vec<Operation> {
+    let mut wanted: Vec<(&ServiceKey, &VirtualServer)> =
+        desired.iter().flat_map(|t| t.services.iter()).collect();
+    if desired.len() > 1 {
+        wanted.sort_by_key(|(k, _)| **k);
+    }
     let mut ops = Vec::new();
-    for (key, want) in &desired.services {
+    for (key, want) in wanted {
         match observed.services.get(key) {
             None => {
                 ops.push(Operation::AddService(want.service.clone()));
@@ -144,7 +159,9 @@ pub fn ipvs_operations(desired: &Table, observed: &Table, ownership: &Ownership)
         observed
             .services
             .keys()
-            .filter(|key| !desired.services.contains_key(key) && ownership.owns(key))
+            .filter(|key| {
+                !desired.iter().any(|t| t.services.contains_key(key)) && ownership.owns(key)
+            })
             .map(|key| Operation::DeleteService(*key)),
     );
     ops

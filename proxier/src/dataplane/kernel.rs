@@ -177,7 +177,7 @@ pub struct Connections {
 pub struct Observed {
     /// Every virtual server with its real servers (all families; ownership is the diff's job).
     pub ipvs: Table,
-    /// Connection counters of every real server.
+    /// Connection counters of the real servers that have connections (absent = none).
     pub connections: BTreeMap<(ServiceKey, DestinationKey), Connections>,
     /// The dummy link's index, when it exists.
     pub dummy_index: Option<u32>,
@@ -262,13 +262,17 @@ impl Kernel {
             let mut vs = VirtualServer::new(entry.service);
             for d in self.ipvs.dump_destinations(&key).await? {
                 let dkey = d.destination.key();
-                observed.connections.insert(
-                    (key, dkey),
-                    Connections {
-                        active: d.active_conns,
-                        inactive: d.inactive_conns,
-                    },
-                );
+                // Only non-zero counters are kept: a missing entry reads as zero, and most
+                // of 100,000 real servers are idle at any moment.
+                if d.active_conns != 0 || d.inactive_conns != 0 {
+                    observed.connections.insert(
+                        (key, dkey),
+                        Connections {
+                            active: d.active_conns,
+                            inactive: d.inactive_conns,
+                        },
+                    );
+                }
                 vs.destinations.insert(dkey, d.destination);
             }
             observed.ipvs.services.insert(key, vs);
@@ -314,13 +318,15 @@ impl Kernel {
         let mut connections = BTreeMap::new();
         for d in entries {
             let dkey = d.destination.key();
-            connections.insert(
-                dkey,
-                Connections {
-                    active: d.active_conns,
-                    inactive: d.inactive_conns,
-                },
-            );
+            if d.active_conns != 0 || d.inactive_conns != 0 {
+                connections.insert(
+                    dkey,
+                    Connections {
+                        active: d.active_conns,
+                        inactive: d.inactive_conns,
+                    },
+                );
+            }
             vs.destinations.insert(dkey, d.destination);
         }
         Ok(Some((vs, connections)))

@@ -326,7 +326,9 @@ impl Daemon {
         let objects = to_manifests(&update.snapshot);
         let started = Instant::now();
         let result = if reason == Reason::Requested && !update.changes.node {
-            self.syncer.sync_incremental(&objects).await
+            self.syncer
+                .sync_incremental(&objects, &update.changes.services)
+                .await
         } else {
             self.syncer.sync(&objects).await
         };
