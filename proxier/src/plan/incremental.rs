@@ -18,6 +18,7 @@
 //! previous plan. The result equals [`super::plan_objects`] over all objects; the property
 //! test below checks it over random object sets and random change sequences.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
 use std::hash::{Hash, Hasher};
@@ -30,7 +31,7 @@ use netlink::ipset::Member;
 use netlink::ipvs::ServiceKey;
 
 use super::{
-    FamilyParts, HealthCheck, NodeFacts, Plan, PlanConfig, SetName, iptables, plan_objects,
+    FamilyParts, HealthCheck, NodeFacts, Plan, PlanConfig, SetName, iptables, plan_objects_refs,
     plan_parts, rule_inputs,
 };
 use crate::model::{Diagnostic, LABEL_SERVICE_NAME, Model, NodeInfo, ServiceName};
@@ -67,19 +68,21 @@ pub fn slice_unit(slice: &discovery::EndpointSlice) -> (&str, &str) {
 }
 
 /// Groups `services` and `slices` by unit, keeping only the units `wanted` accepts.
-pub fn group<'a>(
-    services: &'a [core::Service],
-    slices: &'a [discovery::EndpointSlice],
+pub fn group<'a, S: Borrow<core::Service>, E: Borrow<discovery::EndpointSlice>>(
+    services: &'a [S],
+    slices: &'a [E],
     mut wanted: impl FnMut((&str, &str)) -> bool,
 ) -> BTreeMap<(&'a str, &'a str), UnitObjects<'a>> {
     let mut units: BTreeMap<(&str, &str), UnitObjects<'a>> = BTreeMap::new();
     for s in services {
+        let s: &'a core::Service = s.borrow();
         let key = service_unit(s);
         if wanted(key) {
             units.entry(key).or_default().services.push(s);
         }
     }
     for s in slices {
+        let s: &'a discovery::EndpointSlice = s.borrow();
         let key = slice_unit(s);
         if wanted(key) {
             units.entry(key).or_default().slices.push(s);
@@ -184,10 +187,11 @@ fn unit_name((namespace, name): (&str, &str)) -> ServiceName {
 }
 
 impl PlanState {
-    /// Plans every object, unit by unit (or as a whole when two units clash).
-    pub fn build(
-        services: &[core::Service],
-        slices: &[discovery::EndpointSlice],
+    /// Plans every object, unit by unit (or as a whole when two units clash). Takes owned
+    /// or borrowed objects.
+    pub fn build<S: Borrow<core::Service>, E: Borrow<discovery::EndpointSlice>>(
+        services: &[S],
+        slices: &[E],
         nodes: &[core::Node],
         config: &PlanConfig,
         facts: &NodeFacts,
@@ -236,7 +240,10 @@ impl PlanState {
         }
         if state.clashed {
             state.units.clear();
-            state.plan = plan_objects(services, slices, nodes, config, facts);
+            let services: Vec<&core::Service> = services.iter().map(Borrow::borrow).collect();
+            let slices: Vec<&discovery::EndpointSlice> =
+                slices.iter().map(Borrow::borrow).collect();
+            state.plan = plan_objects_refs(&services, &slices, nodes, config, facts);
         } else {
             state.finish();
         }

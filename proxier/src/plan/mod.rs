@@ -144,7 +144,20 @@ pub fn plan_objects(
     config: &PlanConfig,
     facts: &NodeFacts,
 ) -> Plan {
-    let (model, mut diags) = Model::build(services, slices, nodes, &config.model_options());
+    let services: Vec<_> = services.iter().collect();
+    let slices: Vec<_> = slices.iter().collect();
+    plan_objects_refs(&services, &slices, nodes, config, facts)
+}
+
+/// [`plan_objects`] over borrowed objects.
+pub fn plan_objects_refs(
+    services: &[&k8s_openapi::api::core::v1::Service],
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    config: &PlanConfig,
+    facts: &NodeFacts,
+) -> Plan {
+    let (model, mut diags) = Model::build_refs(services, slices, nodes, &config.model_options());
     let mut plan = plan(&model, config, facts);
     diags.append(&mut plan.diagnostics);
     diags.sort();

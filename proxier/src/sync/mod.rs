@@ -45,7 +45,7 @@ use netlink::ipvs::{Operation, Table};
 use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
 use crate::model::ServiceName;
-use crate::model::manifests::Manifests;
+use crate::model::manifests::{Manifests, ObjectRefs};
 use crate::plan::incremental::{self, PlanState, UnitObjects};
 use crate::plan::{self, NodeFacts, Plan, PlanConfig};
 use cache::KernelCache;
@@ -272,6 +272,12 @@ impl Syncer {
 
     /// One full sync of `objects` into the kernel.
     pub async fn sync(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
+        let (services, slices) = borrow_all(objects);
+        self.sync_objects(objects.refs(&services, &slices)).await
+    }
+
+    /// [`Syncer::sync`] over borrowed objects.
+    pub async fn sync_objects(&mut self, objects: ObjectRefs<'_>) -> Result<SyncReport, SyncError> {
         self.cache = None;
         // Freed before the new plan is built: two whole plans never coexist.
         self.plan = None;
@@ -291,9 +297,9 @@ impl Syncer {
         let started = Instant::now();
         let facts = node_facts(&observed, self.options.node_ips.as_deref());
         let state = PlanState::build(
-            &objects.services,
-            &objects.endpoint_slices,
-            &objects.nodes,
+            objects.services,
+            objects.endpoint_slices,
+            objects.nodes,
             &self.options.plan,
             &facts,
         );
@@ -317,7 +323,7 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(state, objects, out, timings, None))
+        Ok(self.finish(state, objects.diagnostics, out, timings, None))
     }
 
     /// Makes [`Syncer::sync_incremental`] run a full sync when the last one started `every`
@@ -347,11 +353,22 @@ impl Syncer {
         objects: &Manifests,
         affected: &BTreeSet<ServiceName>,
     ) -> Result<SyncReport, SyncError> {
+        let (services, slices) = borrow_all(objects);
+        self.sync_incremental_objects(objects.refs(&services, &slices), affected)
+            .await
+    }
+
+    /// [`Syncer::sync_incremental`] over borrowed objects.
+    pub async fn sync_incremental_objects(
+        &mut self,
+        objects: ObjectRefs<'_>,
+        affected: &BTreeSet<ServiceName>,
+    ) -> Result<SyncReport, SyncError> {
         if self.plan.is_none() || cache::full_due(self.last_full, self.full_every, Instant::now()) {
-            return self.sync(objects).await;
+            return self.sync_objects(objects).await;
         }
         let (Some(mut cache), Some(mut state)) = (self.cache.take(), self.plan.take()) else {
-            return self.sync(objects).await;
+            return self.sync_objects(objects).await;
         };
         let mut out = Outcome::default();
         let started = Instant::now();
@@ -362,16 +379,16 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&cache.observed, self.options.node_ips.as_deref());
-        let delta = state.update(&affected_units(objects, affected), &objects.nodes, &facts);
+        let delta = state.update(&affected_units(objects, affected), objects.nodes, &facts);
         let delta = match delta {
             Ok(delta) => Some(delta),
             Err(why) => {
                 tracing::debug!(reason = %why, "replanning every Service");
                 drop(state);
                 state = PlanState::build(
-                    &objects.services,
-                    &objects.endpoint_slices,
-                    &objects.nodes,
+                    objects.services,
+                    objects.endpoint_slices,
+                    objects.nodes,
                     &self.options.plan,
                     &facts,
                 );
@@ -436,7 +453,7 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(state, objects, out, timings, Some(reread.len())))
+        Ok(self.finish(state, objects.diagnostics, out, timings, Some(reread.len())))
     }
 
     /// [`decide`] for `plan` against `observed`, with the removal of TCP real servers that
@@ -474,7 +491,7 @@ impl Syncer {
     fn finish(
         &mut self,
         state: PlanState,
-        objects: &Manifests,
+        object_diagnostics: usize,
         out: Outcome,
         timings: Timings,
         reread: Option<usize>,
@@ -484,7 +501,7 @@ impl Syncer {
             writes: out.writes,
             failures: out.failures,
             observation_stale: out.observation_stale,
-            diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
+            diagnostics: plan.diagnostics.len() + object_diagnostics,
             virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
             real_servers: plan
                 .families
@@ -594,11 +611,24 @@ impl Syncer {
     }
 }
 
+/// References to every Service and EndpointSlice of `objects` (cheap: pointers only).
+fn borrow_all(
+    objects: &Manifests,
+) -> (
+    Vec<&k8s_openapi::api::core::v1::Service>,
+    Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    (
+        objects.services.iter().collect(),
+        objects.endpoint_slices.iter().collect(),
+    )
+}
+
 /// The objects of every unit in `affected` (an empty namespace, which the source uses for an
 /// object without one, is the model's `default`), one scan of `objects`; units without
 /// objects are in the map with none (removed).
 fn affected_units<'a>(
-    objects: &'a Manifests,
+    objects: ObjectRefs<'a>,
     affected: &BTreeSet<ServiceName>,
 ) -> std::collections::BTreeMap<ServiceName, UnitObjects<'a>> {
     let keys: Vec<(&str, &str)> = affected
@@ -622,7 +652,7 @@ fn affected_units<'a>(
             (key, UnitObjects::default())
         })
         .collect();
-    let grouped = incremental::group(&objects.services, &objects.endpoint_slices, |(ns, n)| {
+    let grouped = incremental::group(objects.services, objects.endpoint_slices, |(ns, n)| {
         keys.iter().any(|k| k.1 == n && k.0 == ns)
     });
     for ((ns, name), unit) in grouped {
