@@ -60,16 +60,15 @@ impl VipChanges {
 /// The bind/unbind difference between the desired VIPs and the addresses found on the link.
 pub fn vip_changes(
     desired: &BTreeSet<IpAddr>,
-    bound: &[IpAddr],
+    bound: &BTreeSet<IpAddr>,
     ownership: &Ownership,
 ) -> VipChanges {
-    let bound: BTreeSet<IpAddr> = bound.iter().copied().collect();
     let link_local = |ip: &IpAddr| match ip {
         IpAddr::V4(_) => false,
         IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
     };
     VipChanges {
-        bind: desired.difference(&bound).copied().collect(),
+        bind: desired.difference(bound).copied().collect(),
         unbind: bound
             .difference(desired)
             .filter(|ip| ownership.owns_address(ip) && !link_local(ip))
@@ -283,12 +282,13 @@ mod tests {
     #[test]
     fn vips_are_bound_and_only_owned_stale_ones_unbound() {
         let desired: BTreeSet<IpAddr> = [ip("10.96.0.1"), ip("10.96.0.2")].into();
-        let bound = [
+        let bound: BTreeSet<IpAddr> = [
             ip("10.96.0.2"),
             ip("10.96.0.9"),
             ip("192.0.2.7"),
             ip("fd00::9"),
-        ];
+        ]
+        .into();
         assert_eq!(
             vip_changes(&desired, &bound, &v4_only()),
             VipChanges {
@@ -296,7 +296,7 @@ mod tests {
                 unbind: vec![ip("10.96.0.9")],
             }
         );
-        let bound: Vec<IpAddr> = desired.iter().copied().collect();
+        let bound = desired.clone();
         assert!(vip_changes(&desired, &bound, &v4_only()).is_empty());
     }
 

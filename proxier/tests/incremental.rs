@@ -273,6 +273,8 @@ proptest! {
                 Some(delta) => {
                     updated += 1;
                     prop_assert_eq!(state.plan(), &want, "step {} touched {:?}", step, touched);
+                    let real: usize = want.families.iter().map(|f| f.ipvs.destination_count()).sum();
+                    prop_assert_eq!(state.real_servers(), real);
                     if let Err(e) = delta_covers(&old, &want, &delta) {
                         prop_assert!(false, "step {}: {}", step, e);
                     }

@@ -182,7 +182,7 @@ pub struct Observed {
     /// The dummy link's index, when it exists.
     pub dummy_index: Option<u32>,
     /// Addresses on the dummy link.
-    pub bound: Vec<IpAddr>,
+    pub bound: BTreeSet<IpAddr>,
     /// Every other address of the node.
     pub node_addresses: Vec<LocalAddress>,
     /// Members of each of the asked-for sets that exists.
@@ -282,7 +282,7 @@ impl Kernel {
         let addresses = self.links.addresses().await?;
         for a in addresses {
             if Some(a.ifindex) == observed.dummy_index {
-                observed.bound.push(a.addr);
+                observed.bound.insert(a.addr);
             } else {
                 observed.node_addresses.push(a);
             }

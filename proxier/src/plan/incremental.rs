@@ -164,6 +164,8 @@ pub struct PlanState {
     slices: HashSet<u64>,
     /// Two units clash: `plan` is the whole-objects plan and updates are refused.
     clashed: bool,
+    /// Real servers of the plan, counted as they come and go (reports need the total).
+    real_servers: usize,
     plan: Plan,
 }
 
@@ -210,6 +212,7 @@ impl PlanState {
             node_ports: HashSet::new(),
             slices: HashSet::new(),
             clashed: false,
+            real_servers: 0,
             plan: Plan {
                 families: base
                     .into_iter()
@@ -244,6 +247,12 @@ impl PlanState {
             let slices: Vec<&discovery::EndpointSlice> =
                 slices.iter().map(Borrow::borrow).collect();
             state.plan = plan_objects_refs(&services, &slices, nodes, config, facts);
+            state.real_servers = state
+                .plan
+                .families
+                .iter()
+                .map(|f| f.ipvs.destination_count())
+                .sum();
         } else {
             state.finish();
         }
@@ -253,6 +262,20 @@ impl PlanState {
     /// The plan of all objects.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Virtual servers of the plan, all families.
+    pub fn virtual_servers(&self) -> usize {
+        self.plan
+            .families
+            .iter()
+            .map(|f| f.ipvs.services.len())
+            .sum()
+    }
+
+    /// Real servers of the plan, all families (without walking the table).
+    pub fn real_servers(&self) -> usize {
+        self.real_servers
     }
 
     /// Whether updates are possible (no clash between units).
@@ -305,7 +328,9 @@ impl PlanState {
             .zip(self.shared.iter_mut().zip(delta.families.iter_mut()))
         {
             for k in uf.virtual_servers {
-                fam.ipvs.services.remove(&k);
+                if let Some(vs) = fam.ipvs.services.remove(&k) {
+                    self.real_servers -= vs.destinations.len();
+                }
                 fd.virtual_servers.insert(k);
             }
             for (set, m) in uf.members {
@@ -425,6 +450,7 @@ impl PlanState {
                 ..Default::default()
             };
             for (k, vs) in ipvs.services {
+                self.real_servers += vs.destinations.len();
                 if fam.ipvs.services.insert(k, vs).is_some() {
                     return Err(NeedFull::Clash);
                 }

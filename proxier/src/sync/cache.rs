@@ -48,12 +48,10 @@ impl KernelCache {
     ) {
         let o = &mut self.observed;
         o.dummy_index = dummy_index;
-        for addr in &changes.vips.bind {
-            if !o.bound.contains(addr) {
-                o.bound.push(*addr);
-            }
+        o.bound.extend(changes.vips.bind.iter().copied());
+        for addr in &changes.vips.unbind {
+            o.bound.remove(addr);
         }
-        o.bound.retain(|a| !changes.vips.unbind.contains(a));
         for (_, sets) in &changes.ipsets {
             for c in sets {
                 let members = o.ipsets.entry(c.spec.name.clone()).or_default();

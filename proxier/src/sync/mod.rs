@@ -364,6 +364,18 @@ impl Syncer {
         objects: ObjectRefs<'_>,
         affected: &BTreeSet<ServiceName>,
     ) -> Result<SyncReport, SyncError> {
+        let units = affected_units(objects, affected);
+        self.sync_incremental_units(objects, &units).await
+    }
+
+    /// [`Syncer::sync_incremental_objects`] with the changed Services' objects given by the
+    /// caller (one entry per changed Service with ALL its current objects; none = removed),
+    /// for callers that can find them without a scan of every object.
+    pub async fn sync_incremental_units(
+        &mut self,
+        objects: ObjectRefs<'_>,
+        units: &std::collections::BTreeMap<ServiceName, UnitObjects<'_>>,
+    ) -> Result<SyncReport, SyncError> {
         if self.plan.is_none() || cache::full_due(self.last_full, self.full_every, Instant::now()) {
             return self.sync_objects(objects).await;
         }
@@ -379,7 +391,7 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&cache.observed, self.options.node_ips.as_deref());
-        let delta = state.update(&affected_units(objects, affected), objects.nodes, &facts);
+        let delta = state.update(units, objects.nodes, &facts);
         let delta = match delta {
             Ok(delta) => Some(delta),
             Err(why) => {
@@ -502,12 +514,8 @@ impl Syncer {
             failures: out.failures,
             observation_stale: out.observation_stale,
             diagnostics: plan.diagnostics.len() + object_diagnostics,
-            virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
-            real_servers: plan
-                .families
-                .iter()
-                .map(|f| f.ipvs.destination_count())
-                .sum(),
+            virtual_servers: state.virtual_servers(),
+            real_servers: state.real_servers(),
             observe: timings.observe,
             plan: timings.plan,
             apply: timings.apply,

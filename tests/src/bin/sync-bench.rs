@@ -20,7 +20,7 @@
 //! `sync-bench report CSV SVG` prints the rows as a Markdown table and writes a log-log
 //! SVG plot of cold sync, endpoint-change latency and ipvsadm-restore against N.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -245,15 +245,24 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
             .get_mut(k)
             .ok_or("change: no such slice")?;
         slice.endpoints.pop();
-        // What the daemon's source reports for this change: the slice's Service.
-        let (ns, svc) = incremental::slice_unit(slice);
-        let affected = BTreeSet::from([ServiceName {
+        // As the daemon does for a change: the incremental path (cached kernel view), told
+        // the changed Service with its objects (Service and slice `k` belong together).
+        let start = Instant::now();
+        let (ns, svc) = incremental::slice_unit(&objects.endpoint_slices[k]);
+        let unit = incremental::UnitObjects {
+            services: vec![&objects.services[k]],
+            slices: vec![&objects.endpoint_slices[k]],
+        };
+        let name = ServiceName {
             namespace: ns.to_owned(),
             name: svc.to_owned(),
-        }]);
-        // As the daemon does for a change: the incremental path (cached kernel view).
-        let start = Instant::now();
-        let r = s.sync_incremental(&objects, &affected).await?;
+        };
+        let units = BTreeMap::from([(name, unit)]);
+        let services: Vec<_> = objects.services.iter().collect();
+        let slices: Vec<_> = objects.endpoint_slices.iter().collect();
+        let r = s
+            .sync_incremental_units(objects.refs(&services, &slices), &units)
+            .await?;
         let t = start.elapsed();
         if let Some(f) = r.failures.first() {
             return Err(format!("{} failures, first: {f:?}", r.failures.len()).into());
