@@ -7,10 +7,12 @@
 //! the same binary can run under `valgrind --tool=callgrind` at a size valgrind copes with
 //! (`PLAN_BENCH_SERVICES=1000 PLAN_BENCH_RUNS=1`).
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ipvs_proxier::model::Model;
+use ipvs_proxier::model::{Model, ServiceName};
+use ipvs_proxier::plan::incremental::{self, PlanState};
 use ipvs_proxier::plan::{ConfigFile, plan, plan_objects, render};
 use ipvs_proxier::synthetic::{self, Mix};
 use netlink::AddressFamily;
@@ -115,6 +117,33 @@ fn main() {
     let (end_to_end, _) = time(runs, || {
         plan_objects(&services, &slices, &[], &config, &facts)
     });
+    let (state_time, mut state) = time(runs, || {
+        PlanState::build(&services, &slices, &[], &config, &facts)
+    });
+    assert!(state.updatable() && state.plan() == &p, "PlanState differs");
+    // One slice loses an endpoint, replanned alone (what a change-triggered sync plans).
+    let mut slices = slices;
+    let mut k = 0usize;
+    let (update_time, _) = time(runs * 10, || {
+        k = (k + 7919) % slices.len();
+        slices[k].endpoints.pop();
+        let (ns, name) = incremental::slice_unit(&slices[k]);
+        let key = ServiceName {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        };
+        let objects = incremental::UnitObjects {
+            services: services
+                .iter()
+                .filter(|s| incremental::service_unit(s) == (ns, name))
+                .collect(),
+            slices: vec![&slices[k]],
+        };
+        let changed = BTreeMap::from([(key, objects)]);
+        state
+            .update(&changed, &[], &facts)
+            .map(|d| d.families.len())
+    });
     let f = &p.families[0];
     println!(
         "planner: {count} services x {ENDPOINTS} endpoints -> {} virtual servers, {} real servers, {} bound VIPs",
@@ -134,4 +163,6 @@ fn main() {
         model_time + plan_time + render_time
     );
     println!("  plan_objects (model + plan, e2e):    {end_to_end}");
+    println!("  PlanState::build (per Service):      {state_time}");
+    println!("  PlanState::update (one slice; scan): {update_time}");
 }

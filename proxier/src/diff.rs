@@ -60,16 +60,15 @@ impl VipChanges {
 /// The bind/unbind difference between the desired VIPs and the addresses found on the link.
 pub fn vip_changes(
     desired: &BTreeSet<IpAddr>,
-    bound: &[IpAddr],
+    bound: &BTreeSet<IpAddr>,
     ownership: &Ownership,
 ) -> VipChanges {
-    let bound: BTreeSet<IpAddr> = bound.iter().copied().collect();
     let link_local = |ip: &IpAddr| match ip {
         IpAddr::V4(_) => false,
         IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
     };
     VipChanges {
-        bind: desired.difference(&bound).copied().collect(),
+        bind: desired.difference(bound).copied().collect(),
         unbind: bound
             .difference(desired)
             .filter(|ip| ownership.owns_address(ip) && !link_local(ip))
@@ -121,8 +120,23 @@ pub fn ipset_changes(
 /// the kernel accepts: services are added or updated before their real servers are touched,
 /// and stale services are deleted last (which drops their real servers with them).
 pub fn ipvs_operations(desired: &Table, observed: &Table, ownership: &Ownership) -> Vec<Operation> {
+    ipvs_operations_of(&[desired], observed, ownership)
+}
+
+/// [`ipvs_operations`] with the desired state split over several tables with disjoint keys
+/// (one per family), without merging them into a copy.
+pub fn ipvs_operations_of(
+    desired: &[&Table],
+    observed: &Table,
+    ownership: &Ownership,
+) -> Vec<Operation> {
+    let mut wanted: Vec<(&ServiceKey, &VirtualServer)> =
+        desired.iter().flat_map(|t| t.services.iter()).collect();
+    if desired.len() > 1 {
+        wanted.sort_by_key(|(k, _)| **k);
+    }
     let mut ops = Vec::new();
-    for (key, want) in &desired.services {
+    for (key, want) in wanted {
         match observed.services.get(key) {
             None => {
                 ops.push(Operation::AddService(want.service.clone()));
@@ -144,7 +158,9 @@ pub fn ipvs_operations(desired: &Table, observed: &Table, ownership: &Ownership)
         observed
             .services
             .keys()
-            .filter(|key| !desired.services.contains_key(key) && ownership.owns(key))
+            .filter(|key| {
+                !desired.iter().any(|t| t.services.contains_key(key)) && ownership.owns(key)
+            })
             .map(|key| Operation::DeleteService(*key)),
     );
     ops
@@ -266,12 +282,13 @@ mod tests {
     #[test]
     fn vips_are_bound_and_only_owned_stale_ones_unbound() {
         let desired: BTreeSet<IpAddr> = [ip("10.96.0.1"), ip("10.96.0.2")].into();
-        let bound = [
+        let bound: BTreeSet<IpAddr> = [
             ip("10.96.0.2"),
             ip("10.96.0.9"),
             ip("192.0.2.7"),
             ip("fd00::9"),
-        ];
+        ]
+        .into();
         assert_eq!(
             vip_changes(&desired, &bound, &v4_only()),
             VipChanges {
@@ -279,7 +296,7 @@ mod tests {
                 unbind: vec![ip("10.96.0.9")],
             }
         );
-        let bound: Vec<IpAddr> = desired.iter().copied().collect();
+        let bound = desired.clone();
         assert!(vip_changes(&desired, &bound, &v4_only()).is_empty());
     }
 

@@ -36,7 +36,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use netlink::Protocol;
 use netlink::conntrack::Entry;
 
-use crate::model::manifests::Manifests;
+use crate::model::manifests::ObjectRefs;
 use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions};
 
 /// `IPPROTO_UDP` as conntrack tuples carry it.
@@ -96,17 +96,17 @@ impl UdpServing {
 
     /// From the objects: only the Services with a UDP port (and their slices) are modelled,
     /// so the cost follows the number of UDP Services, not the cluster's size.
-    pub fn of_objects(objects: &Manifests, options: &ModelOptions) -> Self {
-        let udp: Vec<core::Service> = objects
+    pub fn of_objects(objects: ObjectRefs<'_>, options: &ModelOptions) -> Self {
+        let udp: Vec<&core::Service> = objects
             .services
             .iter()
+            .copied()
             .filter(|s| {
                 s.spec
                     .as_ref()
                     .and_then(|spec| spec.ports.as_ref())
                     .is_some_and(|ports| ports.iter().any(|p| p.protocol.as_deref() == Some("UDP")))
             })
-            .cloned()
             .collect();
         if udp.is_empty() {
             return Self::default();
@@ -120,9 +120,10 @@ impl UdpServing {
                 ))
             })
             .collect();
-        let slices: Vec<discovery::EndpointSlice> = objects
+        let slices: Vec<&discovery::EndpointSlice> = objects
             .endpoint_slices
             .iter()
+            .copied()
             .filter(|e| {
                 let service = e
                     .metadata
@@ -136,9 +137,8 @@ impl UdpServing {
                     ))
                 })
             })
-            .cloned()
             .collect();
-        let (model, _) = Model::build(&udp, &slices, &objects.nodes, options);
+        let (model, _) = Model::build_refs(&udp, &slices, objects.nodes, options);
         Self::of_model(&model)
     }
 }
@@ -180,7 +180,13 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use super::*;
-    use crate::model::manifests::parse_manifests;
+    use crate::model::manifests::{Manifests, parse_manifests};
+
+    fn serving_of(objects: &Manifests) -> UdpServing {
+        let services: Vec<_> = objects.services.iter().collect();
+        let slices: Vec<_> = objects.endpoint_slices.iter().collect();
+        UdpServing::of_objects(objects.refs(&services, &slices), &options())
+    }
 
     const OBJECTS: &str = "
 apiVersion: v1
@@ -252,7 +258,7 @@ spec:
 
     #[test]
     fn serving_endpoints_of_udp_ports_only() {
-        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let serving = serving_of(&parse_manifests(OBJECTS));
         // The ready and the serving-terminating endpoint; not the unserving one; no TCP port.
         let eps = ips(&["10.244.0.5", "10.244.0.6"]);
         assert_eq!(
@@ -266,12 +272,12 @@ spec:
                 node_ports: [(30053, eps)].into(),
             }
         );
-        assert!(UdpServing::of_objects(&Manifests::default(), &options()).is_empty());
+        assert!(serving_of(&Manifests::default()).is_empty());
     }
 
     #[test]
     fn entries_not_answered_by_a_serving_endpoint_are_stale() {
-        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let serving = serving_of(&parse_manifests(OBJECTS));
         let entries = vec![
             // Kept: answered by a serving endpoint (ready, or terminating but serving).
             entry(UDP, "10.0.0.1", "10.96.0.10", 53, "10.244.0.5"),
@@ -296,7 +302,7 @@ spec:
 
     #[test]
     fn cleanup_runs_first_and_on_changes_of_serving_endpoints() {
-        let serving = UdpServing::of_objects(&parse_manifests(OBJECTS), &options());
+        let serving = serving_of(&parse_manifests(OBJECTS));
         let none = UdpServing::default();
         assert!(cleanup_needed(None, &serving));
         assert!(!cleanup_needed(Some(&serving), &serving));
@@ -312,7 +318,7 @@ spec:
             "kubernetes.io/service-name: dns",
             "kubernetes.io/service-name: other",
         );
-        let serving = UdpServing::of_objects(&parse_manifests(&text), &options());
+        let serving = serving_of(&parse_manifests(&text));
         assert_eq!(
             serving.addresses.values().map(BTreeSet::len).sum::<usize>(),
             0

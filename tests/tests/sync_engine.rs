@@ -12,6 +12,7 @@ use std::path::Path;
 
 use ipvs_proxier::dataplane::canon::chains_up_to_date;
 use ipvs_proxier::model::manifests::Manifests;
+use ipvs_proxier::plan::incremental::changed_units;
 use ipvs_proxier::plan::{Plan, render};
 use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
 use ipvs_proxier::sync::{SyncOptions, SyncReport, Syncer, WriteCounts, manifests};
@@ -270,7 +271,10 @@ fn incremental_syncs_equal_full_syncs() {
     in_fresh_netns(|| async {
         let mut objects = objects();
         let mut s = syncer().await;
-        let first = s.sync_incremental(&objects).await.unwrap();
+        let first = s
+            .sync_incremental(&objects, &Default::default())
+            .await
+            .unwrap();
         assert!(!first.incremental, "the first sync must be full");
         assert_eq!(first.failures, vec![]);
         assert!(s.has_cache());
@@ -367,8 +371,14 @@ fn incremental_syncs_equal_full_syncs() {
         ];
         let mut wrong = Vec::new();
         for (what, change, want) in changes {
+            let before = objects.clone();
             change(&mut objects);
-            let report = s.sync_incremental(&objects).await.unwrap();
+            // What the daemon's source reports: the Services whose objects changed.
+            let affected = changed_units(
+                (&before.services, &before.endpoint_slices),
+                (&objects.services, &objects.endpoint_slices),
+            );
+            let report = s.sync_incremental(&objects, &affected).await.unwrap();
             assert_eq!(report.failures, vec![], "{what}");
             assert!(report.incremental, "{what}: not incremental");
             eprintln!(

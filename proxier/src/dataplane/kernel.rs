@@ -184,12 +184,12 @@ pub struct Connections {
 pub struct Observed {
     /// Every virtual server with its real servers (all families; ownership is the diff's job).
     pub ipvs: Table,
-    /// Connection counters of every real server.
+    /// Connection counters of the real servers that have connections (absent = none).
     pub connections: BTreeMap<(ServiceKey, DestinationKey), Connections>,
     /// The dummy link's index, when it exists.
     pub dummy_index: Option<u32>,
     /// Addresses on the dummy link.
-    pub bound: Vec<IpAddr>,
+    pub bound: BTreeSet<IpAddr>,
     /// Every other address of the node.
     pub node_addresses: Vec<LocalAddress>,
     /// Members of each of the asked-for sets that exists.
@@ -272,13 +272,17 @@ impl Kernel {
             let mut vs = VirtualServer::new(entry.service);
             for d in self.ipvs.dump_destinations(&key).await? {
                 let dkey = d.destination.key();
-                observed.connections.insert(
-                    (key, dkey),
-                    Connections {
-                        active: d.active_conns,
-                        inactive: d.inactive_conns,
-                    },
-                );
+                // Only non-zero counters are kept: a missing entry reads as zero, and most
+                // of 100,000 real servers are idle at any moment.
+                if d.active_conns != 0 || d.inactive_conns != 0 {
+                    observed.connections.insert(
+                        (key, dkey),
+                        Connections {
+                            active: d.active_conns,
+                            inactive: d.inactive_conns,
+                        },
+                    );
+                }
                 vs.destinations.insert(dkey, d.destination);
             }
             observed.ipvs.services.insert(key, vs);
@@ -288,7 +292,7 @@ impl Kernel {
         let addresses = self.links.addresses().await?;
         for a in addresses {
             if Some(a.ifindex) == observed.dummy_index {
-                observed.bound.push(a.addr);
+                observed.bound.insert(a.addr);
             } else {
                 observed.node_addresses.push(a);
             }
@@ -324,13 +328,15 @@ impl Kernel {
         let mut connections = BTreeMap::new();
         for d in entries {
             let dkey = d.destination.key();
-            connections.insert(
-                dkey,
-                Connections {
-                    active: d.active_conns,
-                    inactive: d.inactive_conns,
-                },
-            );
+            if d.active_conns != 0 || d.inactive_conns != 0 {
+                connections.insert(
+                    dkey,
+                    Connections {
+                        active: d.active_conns,
+                        inactive: d.inactive_conns,
+                    },
+                );
+            }
             vs.destinations.insert(dkey, d.destination);
         }
         Ok(Some((vs, connections)))

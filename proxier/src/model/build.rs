@@ -35,6 +35,19 @@ impl Model {
         nodes: &[core::Node],
         options: &ModelOptions,
     ) -> (Model, Vec<Diagnostic>) {
+        let services: Vec<&core::Service> = services.iter().collect();
+        let slices: Vec<&discovery::EndpointSlice> = slices.iter().collect();
+        Self::build_refs(&services, &slices, nodes, options)
+    }
+
+    /// [`Model::build`] over borrowed objects (the incremental planner builds one Service's
+    /// model at a time from objects it does not own).
+    pub fn build_refs(
+        services: &[&core::Service],
+        slices: &[&discovery::EndpointSlice],
+        nodes: &[core::Node],
+        options: &ModelOptions,
+    ) -> (Model, Vec<Diagnostic>) {
         let mut diags = Vec::new();
         let mut model = Model::default();
 
@@ -111,14 +124,14 @@ fn object_name(kind: &'static str, meta: &ObjectMeta) -> ObjectName {
 /// A sorted `Vec` rather than a `BTreeMap`: one sort of 10,000 names costs a fraction of
 /// 10,000 tree insertions with string keys.
 fn dedup_by_name<'a, T: serde::Serialize>(
-    objects: &'a [T],
+    objects: &[&'a T],
     meta: impl Fn(&T) -> &ObjectMeta,
     kind: &'static str,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<(ObjectName, &'a T)> {
     let mut named: Vec<(ObjectName, &'a T)> = objects
         .iter()
-        .map(|o| (object_name(kind, meta(o)), o))
+        .map(|o| (object_name(kind, meta(o)), *o))
         .collect();
     // Every name has the same kind, so compare only namespace and name. A stable sort keeps
     // duplicates in input order, as the one-by-one insertion saw them.

@@ -20,6 +20,33 @@ pub struct Manifests {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// The objects of one sync, borrowed: what the sync engine reads (the daemon lends its
+/// store's objects this way instead of copying them for every sync).
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRefs<'a> {
+    pub services: &'a [&'a Service],
+    pub endpoint_slices: &'a [&'a EndpointSlice],
+    pub nodes: &'a [Node],
+    /// How many diagnostics reading the objects gave (reported with the planner's).
+    pub diagnostics: usize,
+}
+
+impl Manifests {
+    /// These objects as [`ObjectRefs`], given references to the services and slices.
+    pub fn refs<'a>(
+        &'a self,
+        services: &'a [&'a Service],
+        endpoint_slices: &'a [&'a EndpointSlice],
+    ) -> ObjectRefs<'a> {
+        ObjectRefs {
+            services,
+            endpoint_slices,
+            nodes: &self.nodes,
+            diagnostics: self.diagnostics.len(),
+        }
+    }
+}
+
 /// Parses every document of `text`.
 pub fn parse_manifests(text: &str) -> Manifests {
     let mut out = Manifests::default();

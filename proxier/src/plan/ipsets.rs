@@ -184,6 +184,22 @@ impl IpSets {
         self.members[set.index()].insert(member);
     }
 
+    /// Removes one member; whether it was there.
+    pub fn remove(&mut self, set: SetName, member: &Member) -> bool {
+        self.members[set.index()].remove(member)
+    }
+
+    pub fn contains(&self, set: SetName, member: &Member) -> bool {
+        self.members[set.index()].contains(member)
+    }
+
+    /// Every member of every set, in kube-proxy's set order.
+    pub fn all_members(&self) -> impl Iterator<Item = (SetName, &Member)> + '_ {
+        SetName::ALL
+            .iter()
+            .flat_map(|s| self.members(*s).iter().map(move |m| (*s, m)))
+    }
+
     pub fn members(&self, set: SetName) -> &BTreeSet<Member> {
         &self.members[set.index()]
     }

@@ -57,6 +57,7 @@
 //! the daemon.
 
 pub mod config;
+pub mod incremental;
 pub mod ipsets;
 pub mod iptables;
 pub mod render;
@@ -143,7 +144,20 @@ pub fn plan_objects(
     config: &PlanConfig,
     facts: &NodeFacts,
 ) -> Plan {
-    let (model, mut diags) = Model::build(services, slices, nodes, &config.model_options());
+    let services: Vec<_> = services.iter().collect();
+    let slices: Vec<_> = slices.iter().collect();
+    plan_objects_refs(&services, &slices, nodes, config, facts)
+}
+
+/// [`plan_objects`] over borrowed objects.
+pub fn plan_objects_refs(
+    services: &[&k8s_openapi::api::core::v1::Service],
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    config: &PlanConfig,
+    facts: &NodeFacts,
+) -> Plan {
+    let (model, mut diags) = Model::build_refs(services, slices, nodes, &config.model_options());
     let mut plan = plan(&model, config, facts);
     diags.append(&mut plan.diagnostics);
     diags.sort();
@@ -154,10 +168,69 @@ pub fn plan_objects(
 
 /// Plans `model` for every family of `config`.
 pub fn plan(model: &Model, config: &PlanConfig, facts: &NodeFacts) -> Plan {
+    let node = model.nodes.get(&config.node_name);
+    let (parts, diagnostics) = plan_parts(model, node, config, facts);
+    let families = parts
+        .into_iter()
+        .map(|p| {
+            let rules = iptables::rules(
+                &p.ipsets,
+                &rule_inputs(config, node, p.family, p.lb_no_node_access.clone()),
+            );
+            p.into_family_plan(rules)
+        })
+        .collect();
+    Plan {
+        families,
+        diagnostics,
+    }
+}
+
+/// One family's plan without its iptables rules, plus what the rules need besides the sets
+/// (the incremental planner assembles these per Service, then derives the rules once).
+#[derive(Debug, Clone)]
+pub(crate) struct FamilyParts {
+    pub family: AddressFamily,
+    pub ipvs: Table,
+    pub bind_addresses: BTreeSet<IpAddr>,
+    pub node_port_addresses: Vec<IpAddr>,
+    pub ipsets: IpSets,
+    /// Sorted, unique.
+    pub lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
+    pub health_checks: BTreeMap<ServiceName, HealthCheck>,
+    pub no_local_internal: usize,
+    pub no_local_external: usize,
+}
+
+impl FamilyParts {
+    pub(crate) fn into_family_plan(self, rules: RuleSet) -> FamilyPlan {
+        FamilyPlan {
+            family: self.family,
+            ipvs: self.ipvs,
+            bind_addresses: self.bind_addresses,
+            node_port_addresses: self.node_port_addresses,
+            ipsets: self.ipsets,
+            rules,
+            health_checks: self.health_checks,
+            no_local_endpoints: NoLocalEndpoints {
+                internal: self.no_local_internal,
+                external: self.no_local_external,
+            },
+        }
+    }
+}
+
+/// [`plan`] without the rules, with our Node's model given (`model.nodes` is not read):
+/// every family's parts and the sorted, unique diagnostics.
+pub(crate) fn plan_parts(
+    model: &Model,
+    node: Option<&crate::model::NodeInfo>,
+    config: &PlanConfig,
+    facts: &NodeFacts,
+) -> (Vec<FamilyParts>, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     wrong_family_diagnostics(model, config, &mut diagnostics);
     let lost_node_ports = node_port_clashes(model, &mut diagnostics);
-    let node = model.nodes.get(&config.node_name);
     let zone = node.and_then(|n| n.zone());
 
     let families = config
@@ -169,7 +242,6 @@ pub fn plan(model: &Model, config: &PlanConfig, facts: &NodeFacts) -> Plan {
                 config,
                 facts,
                 model,
-                node_pod_cidrs: node.map(|n| n.pod_cidrs.as_slice()).unwrap_or_default(),
                 zone,
                 lost_node_ports: &lost_node_ports,
                 diagnostics: &mut diagnostics,
@@ -179,10 +251,57 @@ pub fn plan(model: &Model, config: &PlanConfig, facts: &NodeFacts) -> Plan {
         .collect();
     diagnostics.sort();
     diagnostics.dedup();
-    Plan {
-        families,
-        diagnostics,
+    (families, diagnostics)
+}
+
+/// What [`iptables::rules`] needs besides the sets, for `family` on our Node `node`.
+pub(crate) fn rule_inputs(
+    config: &PlanConfig,
+    node: Option<&crate::model::NodeInfo>,
+    family: AddressFamily,
+    lb_no_node_access: Vec<(IpAddr, Protocol, u16)>,
+) -> iptables::RuleInputs {
+    iptables::RuleInputs {
+        masquerade_mark: config.masquerade_mark(),
+        random_fully: config.random_fully,
+        cluster_ip_masquerade: cluster_ip_masquerade(
+            config,
+            family,
+            node.map(|n| n.pod_cidrs.as_slice()).unwrap_or_default(),
+        ),
+        lb_no_node_access,
     }
+}
+
+fn cluster_ip_masquerade(
+    config: &PlanConfig,
+    family: AddressFamily,
+    node_pod_cidrs: &[IpNet],
+) -> iptables::ClusterIpMasquerade {
+    use iptables::{ClusterIpMasquerade, Match};
+    if config.masquerade_all {
+        return ClusterIpMasquerade::All;
+    }
+    let first_of_family = |nets: &[IpNet]| {
+        nets.iter().find(|n| family_of_net(n) == family).map(|net| {
+            ClusterIpMasquerade::IfNotLocal(Match::SourceNet {
+                negated: true,
+                net: *net,
+            })
+        })
+    };
+    let detector = match &config.local_detector {
+        LocalDetector::None => None,
+        LocalDetector::ClusterCidr => first_of_family(&config.cluster_cidrs),
+        LocalDetector::NodeCidr => first_of_family(node_pod_cidrs),
+        LocalDetector::BridgeInterface(br) => Some(ClusterIpMasquerade::IfNotLocal(
+            Match::NotInInterface(br.clone()),
+        )),
+        LocalDetector::InterfaceNamePrefix(p) => Some(ClusterIpMasquerade::IfNotLocal(
+            Match::NotInInterface(format!("{p}+")),
+        )),
+    };
+    detector.unwrap_or(ClusterIpMasquerade::SourceIsVip)
 }
 
 fn family_of_net(n: &IpNet) -> AddressFamily {
@@ -299,7 +418,6 @@ struct FamilyPlanner<'a> {
     config: &'a PlanConfig,
     facts: &'a NodeFacts,
     model: &'a Model,
-    node_pod_cidrs: &'a [IpNet],
     zone: Option<&'a str>,
     lost_node_ports: &'a HashSet<ServicePortName>,
     diagnostics: &'a mut Vec<Diagnostic>,
@@ -327,7 +445,7 @@ impl<'a> FamilyPlanner<'a> {
         AddressFamily::of(ip) == self.family
     }
 
-    fn run(self) -> FamilyPlan {
+    fn run(self) -> FamilyParts {
         let family = self.family;
         let mut node_addresses: Vec<IpAddr> = self
             .facts
@@ -395,32 +513,21 @@ impl<'a> FamilyPlanner<'a> {
         out.lb_no_node_access.dedup();
 
         let sets = out.sets.build();
-        let rules = iptables::rules(
-            &sets,
-            &iptables::RuleInputs {
-                masquerade_mark: self.config.masquerade_mark(),
-                random_fully: self.config.random_fully,
-                cluster_ip_masquerade: self.cluster_ip_masquerade(),
-                lb_no_node_access: out.lb_no_node_access,
-            },
-        );
         // Keys are unique (`owners` admits each once), so the order of equal keys is moot.
         out.virtual_servers.sort_unstable_by_key(|(key, _)| *key);
         let ipvs = Table {
             services: out.virtual_servers.into_iter().collect(),
         };
-        FamilyPlan {
+        FamilyParts {
             family,
             ipvs,
             bind_addresses: out.bind,
             node_port_addresses,
             ipsets: sets,
-            rules,
+            lb_no_node_access: out.lb_no_node_access,
             health_checks: out.health_checks,
-            no_local_endpoints: NoLocalEndpoints {
-                internal: out.no_local_internal.len(),
-                external: out.no_local_external.len(),
-            },
+            no_local_internal: out.no_local_internal.len(),
+            no_local_external: out.no_local_external.len(),
         }
     }
 
@@ -458,35 +565,6 @@ impl<'a> FamilyPlanner<'a> {
                     .collect()
             }
         }
-    }
-
-    fn cluster_ip_masquerade(&self) -> iptables::ClusterIpMasquerade {
-        use iptables::{ClusterIpMasquerade, Match};
-        if self.config.masquerade_all {
-            return ClusterIpMasquerade::All;
-        }
-        let first_of_family = |nets: &[IpNet]| {
-            nets.iter()
-                .find(|n| family_of_net(n) == self.family)
-                .map(|net| {
-                    ClusterIpMasquerade::IfNotLocal(Match::SourceNet {
-                        negated: true,
-                        net: *net,
-                    })
-                })
-        };
-        let detector = match &self.config.local_detector {
-            LocalDetector::None => None,
-            LocalDetector::ClusterCidr => first_of_family(&self.config.cluster_cidrs),
-            LocalDetector::NodeCidr => first_of_family(self.node_pod_cidrs),
-            LocalDetector::BridgeInterface(br) => Some(ClusterIpMasquerade::IfNotLocal(
-                Match::NotInInterface(br.clone()),
-            )),
-            LocalDetector::InterfaceNamePrefix(p) => Some(ClusterIpMasquerade::IfNotLocal(
-                Match::NotInInterface(format!("{p}+")),
-            )),
-        };
-        detector.unwrap_or(ClusterIpMasquerade::SourceIsVip)
     }
 
     fn is_local(&self, e: &Endpoint) -> bool {

@@ -413,11 +413,19 @@ fn service_name(key: &ObjectKey) -> ServiceName {
 }
 
 /// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
+/// The Service a slice counts for; a slice without the label counts for the empty name of
+/// its namespace (the incremental planner's unit of label-less slices: their diagnostics).
 fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
-    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .cloned()
+        .unwrap_or_default();
     Some(ServiceName {
         namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-        name: name.clone(),
+        name,
     })
 }
 

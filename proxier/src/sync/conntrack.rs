@@ -9,7 +9,7 @@ use netlink::AddressFamily;
 
 use super::Syncer;
 use crate::dataplane::kernel::{Outcome, family_name};
-use crate::model::manifests::Manifests;
+use crate::model::manifests::ObjectRefs;
 use crate::stale_flows::{UdpServing, cleanup_needed, stale_entries};
 
 /// One family's cleanup in a sync (upstream's reconciler metrics).
@@ -25,7 +25,7 @@ impl Syncer {
     /// Runs the cleanup when needed; returns what each family's run did (empty when none ran).
     pub(super) fn clean_stale_flows(
         &mut self,
-        objects: &Manifests,
+        objects: ObjectRefs<'_>,
         out: &mut Outcome,
     ) -> Vec<ConntrackRun> {
         let serving = UdpServing::of_objects(objects, &self.options.plan.model_options());

@@ -32,7 +32,7 @@ use crate::config::{IptablesBackend, ProxierSettings};
 use crate::dataplane::iptables::{BackendChoice, Iptables};
 use crate::dataplane::kernel::{KernelOptions, family_name};
 use crate::model::Model;
-use crate::model::manifests::Manifests;
+use crate::model::manifests::{Manifests, ObjectRefs};
 use crate::plan::NodePortAddresses;
 use crate::serve::{
     CancellationToken, HealthCheckServers, KernelObject, Metrics, OpResult, ProxyHealth,
@@ -323,19 +323,31 @@ impl Daemon {
         {
             self.health.sync_node(node);
         }
-        let objects = to_manifests(&update.snapshot);
+        // The snapshot's objects are lent, not copied: a copy of 10,000 Services and their
+        // slices per change would cost more than the incremental sync itself.
+        let snapshot = &update.snapshot;
+        let services: Vec<_> = snapshot.services.values().collect();
+        let slices: Vec<_> = snapshot.endpoint_slices.values().collect();
+        let objects = ObjectRefs {
+            services: &services,
+            endpoint_slices: &slices,
+            nodes: snapshot.node.as_slice(),
+            diagnostics: 0,
+        };
         let started = Instant::now();
         let result = if reason == Reason::Requested && !update.changes.node {
-            self.syncer.sync_incremental(&objects).await
+            self.syncer
+                .sync_incremental_objects(objects, &update.changes.services)
+                .await
         } else {
-            self.syncer.sync(&objects).await
+            self.syncer.sync_objects(objects).await
         };
         let took = started.elapsed();
         match result {
             Ok(report) => {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
-                self.write_state(&objects);
+                self.write_state(objects);
                 // A stale read is retried like a failure: the retry is a full sync.
                 if report.converged() {
                     Outcome::Ok
@@ -354,12 +366,12 @@ impl Daemon {
     }
 
     /// The annotations `ipvs-proxier status` prints; best effort.
-    fn write_state(&self, objects: &Manifests) {
+    fn write_state(&self, objects: ObjectRefs<'_>) {
         let (Some(path), Some(plan)) = (&self.state_file, self.syncer.last_plan()) else {
             return;
         };
         let options = self.syncer.options().plan.model_options();
-        let (model, _) = Model::build(&objects.services, &[], &objects.nodes, &options);
+        let (model, _) = Model::build_refs(objects.services, &[], objects.nodes, &options);
         let owners = status::owners(&model, &super::desired_table(plan));
         if let Err(e) = status::write_owners(path, &owners) {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the status file");

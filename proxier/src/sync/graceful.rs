@@ -64,12 +64,17 @@ impl Drains {
     /// Forgets draining real servers that are desired again (whatever the diff does with
     /// them), so a later check can never delete a desired one.
     pub fn retain_undesired(&mut self, desired: &Table) {
-        self.draining.retain(|(svc, dest), _| {
-            !desired
+        self.retain_undesired_by(|svc, dest| {
+            desired
                 .services
                 .get(svc)
                 .is_some_and(|vs| vs.destinations.contains_key(dest))
         });
+    }
+
+    /// [`Drains::retain_undesired`] with the desired state as a lookup (no table to build).
+    pub fn retain_undesired_by(&mut self, desired: impl Fn(&ServiceKey, &DestinationKey) -> bool) {
+        self.draining.retain(|(svc, dest), _| !desired(svc, dest));
     }
 
     fn done(&self, since: Instant, conns: Connections, now: Instant) -> bool {

@@ -45,7 +45,9 @@ use netlink::ipvs::{Operation, Table};
 
 use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
-use crate::model::manifests::Manifests;
+use crate::model::ServiceName;
+use crate::model::manifests::{Manifests, ObjectRefs};
+use crate::plan::incremental::{self, PlanState, UnitObjects};
 use crate::plan::{self, NodeFacts, Plan, PlanConfig};
 use cache::KernelCache;
 use graceful::Drains;
@@ -196,9 +198,9 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
         .iter()
         .flat_map(|f| f.bind_addresses.iter().copied())
         .collect();
-    let desired_ipvs = desired_table(plan);
+    let desired_ipvs: Vec<&Table> = plan.families.iter().map(|f| &f.ipvs).collect();
     let (stale_services, ipvs): (Vec<Operation>, Vec<Operation>) =
-        diff::ipvs_operations(&desired_ipvs, &observed.ipvs, ownership)
+        diff::ipvs_operations_of(&desired_ipvs, &observed.ipvs, ownership)
             .into_iter()
             .partition(|op| matches!(op, Operation::DeleteService(_)));
     Changes {
@@ -224,7 +226,8 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
 pub struct Syncer {
     kernel: Kernel,
     options: SyncOptions,
-    last_plan: Option<Plan>,
+    /// The plan of the last sync, kept per Service for the incremental path.
+    plan: Option<PlanState>,
     drains: Drains,
     /// The kernel as the last successful sync left it; `None` after any failure.
     cache: Option<KernelCache>,
@@ -246,7 +249,7 @@ impl Syncer {
             kernel,
             drains: Drains::new(options.max_drain),
             options,
-            last_plan: None,
+            plan: None,
             cache: None,
             last_full: None,
             full_every: None,
@@ -271,12 +274,20 @@ impl Syncer {
 
     /// The plan of the last sync.
     pub fn last_plan(&self) -> Option<&Plan> {
-        self.last_plan.as_ref()
+        self.plan.as_ref().map(PlanState::plan)
     }
 
     /// One full sync of `objects` into the kernel.
     pub async fn sync(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
+        let (services, slices) = borrow_all(objects);
+        self.sync_objects(objects.refs(&services, &slices)).await
+    }
+
+    /// [`Syncer::sync`] over borrowed objects.
+    pub async fn sync_objects(&mut self, objects: ObjectRefs<'_>) -> Result<SyncReport, SyncError> {
         self.cache = None;
+        // Freed before the new plan is built: two whole plans never coexist.
+        self.plan = None;
         let mut out = Outcome::default();
         let started = Instant::now();
         self.last_full = Some(started);
@@ -292,14 +303,14 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&observed, self.options.node_ips.as_deref());
-        let plan = plan::plan_objects(
-            &objects.services,
-            &objects.endpoint_slices,
-            &objects.nodes,
+        let state = PlanState::build(
+            objects.services,
+            objects.endpoint_slices,
+            objects.nodes,
             &self.options.plan,
             &facts,
         );
-        let changes = self.decide_with_drains(&plan, &observed);
+        let changes = self.decide_with_drains(state.plan(), &observed);
         let plan_time = started.elapsed();
 
         let started = Instant::now();
@@ -319,7 +330,7 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(plan, objects, out, timings, None))
+        Ok(self.finish(state, objects, out, timings, None))
     }
 
     /// Makes [`Syncer::sync_incremental`] run a full sync when the last one started `every`
@@ -331,23 +342,52 @@ impl Syncer {
 
     /// Whether the next [`Syncer::sync_incremental`] can use a cached kernel view.
     pub fn has_cache(&self) -> bool {
-        self.cache.is_some() && self.last_plan.is_some()
+        self.cache.is_some() && self.plan.is_some()
     }
 
     /// A change-triggered sync: like [`Syncer::sync`], but against the cached kernel view of
-    /// the last successful sync, re-reading only the virtual servers whose desired state
-    /// changed since then and those with draining real servers; the iptables step runs only
-    /// when the rendered rules differ from those in place. Without a cache (first sync, or
-    /// after any failure) it is a full sync. Changes of the Node must use [`Syncer::sync`]
-    /// (they change node facts this path takes from the cache).
-    pub async fn sync_incremental(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
-        if self.last_plan.is_none()
-            || cache::full_due(self.last_full, self.full_every, Instant::now())
-        {
-            return self.sync(objects).await;
+    /// the last successful sync, replanning only the Services named in `affected` (every
+    /// Service whose Service object or EndpointSlices changed since the last sync, as the
+    /// source's change set gives them; slices without a service label count for the empty
+    /// name of their namespace) and re-reading only their virtual servers and those with
+    /// draining real servers; the iptables step runs only when the rendered rules differ
+    /// from those in place. Without a cache (first sync, or after any failure) it is a full
+    /// sync. When two Services clash (see [`incremental`]) it replans all objects but still
+    /// uses the cached view. Changes of the Node must use [`Syncer::sync`] (they change node
+    /// facts this path takes from the cache).
+    pub async fn sync_incremental(
+        &mut self,
+        objects: &Manifests,
+        affected: &BTreeSet<ServiceName>,
+    ) -> Result<SyncReport, SyncError> {
+        let (services, slices) = borrow_all(objects);
+        self.sync_incremental_objects(objects.refs(&services, &slices), affected)
+            .await
+    }
+
+    /// [`Syncer::sync_incremental`] over borrowed objects.
+    pub async fn sync_incremental_objects(
+        &mut self,
+        objects: ObjectRefs<'_>,
+        affected: &BTreeSet<ServiceName>,
+    ) -> Result<SyncReport, SyncError> {
+        let units = affected_units(objects, affected);
+        self.sync_incremental_units(objects, &units).await
+    }
+
+    /// [`Syncer::sync_incremental_objects`] with the changed Services' objects given by the
+    /// caller (one entry per changed Service with ALL its current objects; none = removed),
+    /// for callers that can find them without a scan of every object.
+    pub async fn sync_incremental_units(
+        &mut self,
+        objects: ObjectRefs<'_>,
+        units: &std::collections::BTreeMap<ServiceName, UnitObjects<'_>>,
+    ) -> Result<SyncReport, SyncError> {
+        if self.plan.is_none() || cache::full_due(self.last_full, self.full_every, Instant::now()) {
+            return self.sync_objects(objects).await;
         }
-        let Some(mut cache) = self.cache.take() else {
-            return self.sync(objects).await;
+        let (Some(mut cache), Some(mut state)) = (self.cache.take(), self.plan.take()) else {
+            return self.sync_objects(objects).await;
         };
         let mut out = Outcome::default();
         let started = Instant::now();
@@ -358,21 +398,41 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&cache.observed, self.options.node_ips.as_deref());
-        let plan = plan::plan_objects(
-            &objects.services,
-            &objects.endpoint_slices,
-            &objects.nodes,
-            &self.options.plan,
-            &facts,
-        );
+        let delta = state.update(units, objects.nodes, &facts);
+        let delta = match delta {
+            Ok(delta) => Some(delta),
+            Err(why) => {
+                tracing::debug!(reason = %why, "replanning every Service");
+                drop(state);
+                state = PlanState::build(
+                    objects.services,
+                    objects.endpoint_slices,
+                    objects.nodes,
+                    &self.options.plan,
+                    &facts,
+                );
+                None
+            }
+        };
         let mut plan_time = started.elapsed();
 
         let started = Instant::now();
-        let mut reread = match &self.last_plan {
-            Some(last) => cache::touched(last, &plan),
-            None => BTreeSet::new(),
-        };
-        reread.extend(self.drains.services());
+        // What to re-read: the virtual servers the change may touch (all of them when
+        // replanned as a whole: those the decision would write) and those draining.
+        let drains = self.drains.services();
+        let mut reread: BTreeSet<_> = drains.iter().copied().collect();
+        match &delta {
+            Some(d) => reread.extend(d.families.iter().flat_map(|f| f.virtual_servers.iter())),
+            None => {
+                let c = decide(state.plan(), &cache.observed, &self.options.ownership());
+                reread.extend(
+                    c.ipvs
+                        .iter()
+                        .chain(&c.stale_services)
+                        .map(cache::operation_service),
+                );
+            }
+        }
         for key in &reread {
             let fresh = self
                 .kernel
@@ -384,7 +444,14 @@ impl Syncer {
         let observe = sysctl_time + started.elapsed();
 
         let started = Instant::now();
-        let mut changes = self.decide_with_drains(&plan, &cache.observed);
+        let ownership = self.options.ownership();
+        let decided = delta.as_ref().and_then(|d| {
+            cache::decide_delta(state.plan(), &cache.observed, &ownership, d, &drains)
+        });
+        let mut changes = match decided {
+            Some(c) => self.drain_filter(state.plan(), c, &cache.observed),
+            None => self.decide_with_drains(state.plan(), &cache.observed),
+        };
         let rules = changes.iptables.clone();
         let in_place = cache.rules_in_place(&rules);
         changes.iptables.retain(|(f, _)| !in_place.contains(f));
@@ -405,15 +472,28 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(plan, objects, out, timings, Some(reread.len())))
+        Ok(self.finish(state, objects, out, timings, Some(reread.len())))
     }
 
     /// [`decide`] for `plan` against `observed`, with the removal of TCP real servers that
     /// still carry connections turned into draining at weight 0.
     fn decide_with_drains(&mut self, plan: &Plan, observed: &Observed) -> Changes {
-        let mut changes = decide(plan, observed, &self.options.ownership());
+        let changes = decide(plan, observed, &self.options.ownership());
+        self.drain_filter(plan, changes, observed)
+    }
+
+    /// `changes` with the removal of TCP real servers that still carry connections turned
+    /// into draining at weight 0.
+    fn drain_filter(&mut self, plan: &Plan, mut changes: Changes, observed: &Observed) -> Changes {
         let now = Instant::now();
-        self.drains.retain_undesired(&desired_table(plan));
+        self.drains.retain_undesired_by(|svc, dest| {
+            plan.families.iter().any(|f| {
+                f.ipvs
+                    .services
+                    .get(svc)
+                    .is_some_and(|vs| vs.destinations.contains_key(dest))
+            })
+        });
         for ops in [&mut changes.ipvs, &mut changes.stale_services] {
             *ops = self.drains.filter(
                 std::mem::take(ops),
@@ -425,28 +505,26 @@ impl Syncer {
         changes
     }
 
-    /// The report of a sync of `plan` (full when `reread` is `None`, else incremental with
-    /// that many virtual servers re-read), logged; `plan` becomes the last plan.
+    /// The report of a sync of `state`'s plan (full when `reread` is `None`, else incremental
+    /// with that many virtual servers re-read), logged; `state` becomes the last plan.
     fn finish(
         &mut self,
-        plan: Plan,
-        objects: &Manifests,
+        state: PlanState,
+        objects: ObjectRefs<'_>,
         mut out: Outcome,
         timings: Timings,
         reread: Option<usize>,
     ) -> SyncReport {
         let conntrack = self.clean_stale_flows(objects, &mut out);
+        let object_diagnostics = objects.diagnostics;
+        let plan = state.plan();
         let report = SyncReport {
             writes: out.writes,
             failures: out.failures,
             observation_stale: out.observation_stale,
-            diagnostics: plan.diagnostics.len() + objects.diagnostics.len(),
-            virtual_servers: plan.families.iter().map(|f| f.ipvs.services.len()).sum(),
-            real_servers: plan
-                .families
-                .iter()
-                .map(|f| f.ipvs.destination_count())
-                .sum(),
+            diagnostics: plan.diagnostics.len() + object_diagnostics,
+            virtual_servers: state.virtual_servers(),
+            real_servers: state.real_servers(),
             observe: timings.observe,
             plan: timings.plan,
             apply: timings.apply,
@@ -467,7 +545,7 @@ impl Syncer {
             apply_ms = timings.apply.as_secs_f64() * 1e3,
             "sync done"
         );
-        self.last_plan = Some(plan);
+        self.plan = Some(state);
         report
     }
 
@@ -549,4 +627,58 @@ impl Syncer {
         self.kernel.apply_ipvs(&stale, out).await;
         ifindex
     }
+}
+
+/// References to every Service and EndpointSlice of `objects` (cheap: pointers only).
+fn borrow_all(
+    objects: &Manifests,
+) -> (
+    Vec<&k8s_openapi::api::core::v1::Service>,
+    Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    (
+        objects.services.iter().collect(),
+        objects.endpoint_slices.iter().collect(),
+    )
+}
+
+/// The objects of every unit in `affected` (an empty namespace, which the source uses for an
+/// object without one, is the model's `default`), one scan of `objects`; units without
+/// objects are in the map with none (removed).
+fn affected_units<'a>(
+    objects: ObjectRefs<'a>,
+    affected: &BTreeSet<ServiceName>,
+) -> std::collections::BTreeMap<ServiceName, UnitObjects<'a>> {
+    let keys: Vec<(&str, &str)> = affected
+        .iter()
+        .map(|k| {
+            let ns = if k.namespace.is_empty() {
+                "default"
+            } else {
+                k.namespace.as_str()
+            };
+            (ns, k.name.as_str())
+        })
+        .collect();
+    let mut units: std::collections::BTreeMap<ServiceName, UnitObjects<'a>> = keys
+        .iter()
+        .map(|(ns, name)| {
+            let key = ServiceName {
+                namespace: (*ns).to_owned(),
+                name: (*name).to_owned(),
+            };
+            (key, UnitObjects::default())
+        })
+        .collect();
+    let grouped = incremental::group(objects.services, objects.endpoint_slices, |(ns, n)| {
+        keys.iter().any(|k| k.1 == n && k.0 == ns)
+    });
+    for ((ns, name), unit) in grouped {
+        let key = ServiceName {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        };
+        units.insert(key, unit);
+    }
+    units
 }
