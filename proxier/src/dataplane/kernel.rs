@@ -57,6 +57,9 @@ pub struct Failure {
     /// 10.96.0.1:80/TCP`, `bind 10.96.0.1 on kube-ipvs0`, `ipset add KUBE-CLUSTER-IP`.
     pub object: String,
     pub error: String,
+    /// The virtual server of a failed IPVS operation, so the daemon can name the Service
+    /// behind it.
+    pub virtual_server: Option<ServiceKey>,
 }
 
 impl fmt::Display for Failure {
@@ -153,9 +156,26 @@ pub struct Outcome {
 
 impl Outcome {
     fn fail(&mut self, object: String, error: impl fmt::Display) {
+        self.push_failure(object, error, None);
+    }
+
+    fn fail_ipvs(&mut self, op: &Operation, error: impl fmt::Display) {
+        self.push_failure(op.describe(), error, Some(op.service_key()));
+    }
+
+    fn push_failure(
+        &mut self,
+        object: String,
+        error: impl fmt::Display,
+        virtual_server: Option<ServiceKey>,
+    ) {
         let error = error.to_string();
         tracing::warn!(object = %object, error = %error, "kernel write failed");
-        self.failures.push(Failure { object, error });
+        self.failures.push(Failure {
+            object,
+            error,
+            virtual_server,
+        });
     }
 
     /// No failure, and the observation matched the kernel: the state after this sync is the
@@ -475,7 +495,7 @@ impl Kernel {
                         out.observation_stale = true;
                         redo.push(again);
                     }
-                    None => out.fail(op.describe(), e),
+                    None => out.fail_ipvs(op, e),
                 },
             }
         }
@@ -487,7 +507,7 @@ impl Kernel {
         for (op, result) in redo.iter().zip(results) {
             match result {
                 Ok(()) => out.writes.count_ipvs(op),
-                Err(e) => out.fail(op.describe(), e),
+                Err(e) => out.fail_ipvs(op, e),
             }
         }
     }
