@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use netlink::AddressFamily;
 use netlink::ipset::{IpsetError, IpsetHandle, Member, SetType};
 use netlink::ipvs::{
-    DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
+    DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceEntry, ServiceKey, Table,
+    VirtualServer,
 };
 use netlink::link::{LinkError, Links, LocalAddress};
 
@@ -41,6 +42,10 @@ pub enum KernelError {
     #[error("sysctl: {0}")]
     Sysctl(#[from] SysctlError),
 }
+
+/// Most IPVS service dumps one observation makes while they disagree
+/// ([`Kernel::stable_service_dump`]).
+const MAX_SERVICE_DUMPS: usize = 5;
 
 /// `IPv4` or `IPv6`, as kube-proxy names families.
 pub const fn family_name(family: AddressFamily) -> &'static str {
@@ -272,12 +277,37 @@ impl Kernel {
         Ok(())
     }
 
+    /// The IPVS service list, dumped until two dumps in a row list the same services. The
+    /// kernel resumes a multi-part dump at an index that counts the services of every network
+    /// namespace, so another namespace adding or deleting services meanwhile (other nodes of
+    /// a kind cluster, other lab cases) makes one dump skip or repeat some of ours. A sync
+    /// that trusted such a dump would re-add what exists (answered by the stale-view
+    /// recovery, but with writes) or miss stale services. Small tables fit one message and
+    /// agree at once: the cost is one extra service dump per full sync.
+    async fn stable_service_dump(&mut self) -> Result<Vec<ServiceEntry>, KernelError> {
+        let keys = |entries: &[ServiceEntry]| {
+            let mut k: Vec<ServiceKey> = entries.iter().map(|e| e.service.key).collect();
+            k.sort();
+            k
+        };
+        let mut last = self.ipvs.dump_services().await?;
+        for _ in 1..MAX_SERVICE_DUMPS {
+            let again = self.ipvs.dump_services().await?;
+            if keys(&again) == keys(&last) {
+                return Ok(again);
+            }
+            tracing::debug!("IPVS service dumps differ (another namespace changed); reading again");
+            last = again;
+        }
+        Ok(last)
+    }
+
     /// Reads the state: one IPVS service dump plus one real-server dump per virtual server
     /// (the protocol has no "all real servers" dump), one link lookup, one address dump, one
     /// ipset name listing plus one listing per set of `sets` that exists.
     pub async fn observe(&mut self, sets: &[String]) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
-        for entry in self.ipvs.dump_services().await? {
+        for entry in self.stable_service_dump().await? {
             let key = entry.service.key;
             let mut vs = VirtualServer::new(entry.service);
             for d in self.ipvs.dump_destinations(&key).await? {
