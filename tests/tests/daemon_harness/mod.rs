@@ -1,7 +1,8 @@
 //! The real `ipvs-proxier` daemon against the loopback list/watch API server
 //! (`proxier/tests/support/apiserver.rs`, shared by path), in a lab network namespace: the
-//! cluster the test keeps (what the API server holds), the daemon process, its metrics, and
-//! whole-state checks of the kernel against the planner.
+//! cluster the test keeps (what the API server holds), what the tests ask of the daemon
+//! (`lab_tests::daemon`) and of its metrics, and whole-state checks of the kernel against
+//! the planner.
 //!
 //! The API server runs on a runtime of its own whose worker thread is spawned from the case's
 //! thread, so it lives in the case's namespace and keeps serving while the test body blocks
