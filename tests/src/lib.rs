@@ -19,6 +19,8 @@
 //! assert_eq!(saved.ok().as_deref(), Some("-A -t 10.96.0.1:80 -s rr\n"));
 //! ```
 
+pub mod daemon;
+
 use std::ffi::OsStr;
 use std::future::Future;
 use std::io::Write as _;

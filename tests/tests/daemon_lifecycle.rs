@@ -17,12 +17,9 @@
 // Test helpers outside #[test] fns: a panic there fails the test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use lab_tests::daemon::{Daemon, Privilege, get};
 use lab_tests::{
     in_fresh_netns, ipvsadm_save, proxier_binary, require_lab, run, run_unchecked, sh,
 };
@@ -111,99 +108,12 @@ fn wait_for_table(want: &[String], within: Duration, daemon: &mut Daemon, what: 
     }
 }
 
-/// The daemon process; killed on drop if the test fails half-way.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &[&str], log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(proxier_binary())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, what: &str) {
-        let child = self.child.as_mut().unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "{what}: the daemon exited ({status}); its log:\n{}",
-                self.log()
-            );
-        }
-    }
-
-    /// Sends `signal` (a `kill` name: TERM, INT) and waits (bounded) for the exit.
-    fn stop(&mut self, signal: &str, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        run("kill", &[format!("-{signal}"), child.id().to_string()]).unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > within {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no exit within {within:?} of SIG{signal}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("daemon log:\n{}", self.log());
-        }
-    }
-}
-
-/// One HTTP/1.0 GET on loopback: (status, body).
 /// The value of the unlabelled sample `name` in a Prometheus text page (0 if absent).
 fn sample(page: &str, name: &str) -> f64 {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
@@ -252,7 +162,7 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
             "4",
         ]);
         let started = Instant::now();
-        let mut daemon = Daemon::start(&args, dir.join("daemon.log"));
+        let mut daemon = Daemon::start(&args, dir.join("daemon.log"), Privilege::Root);
 
         // 1. The first sync.
         let want = table(&["10.244.1.2", "10.244.1.3"]);

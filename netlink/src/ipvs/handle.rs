@@ -149,6 +149,17 @@ impl Operation {
         }
     }
 
+    /// The virtual server the operation is about.
+    pub fn service_key(&self) -> ServiceKey {
+        match self {
+            Self::AddService(s) | Self::UpdateService(s) => s.key,
+            Self::DeleteService(k)
+            | Self::AddDestination(k, _)
+            | Self::UpdateDestination(k, _)
+            | Self::DeleteDestination(k, _) => *k,
+        }
+    }
+
     /// `add service 10.96.0.1:80/TCP`, `delete real server 10.0.0.2:8080 of 10.96.0.1:80/TCP`.
     pub fn describe(&self) -> String {
         match self {
@@ -737,5 +748,26 @@ mod tests {
         assert_eq!(e.kind(), Some(ErrorKind::AlreadyExists));
         let e = IpvsError::kernel(op.describe(), 2, true);
         assert_eq!(e.kind(), Some(ErrorKind::UnknownScheduler));
+    }
+
+    #[test]
+    fn every_operation_names_its_virtual_server() {
+        let key = ServiceKey::Inet {
+            protocol: crate::Protocol::Udp,
+            addr: "10.96.0.10".parse().unwrap(),
+            port: 53,
+        };
+        let service = Service::new(key, crate::ipvs::Scheduler::rr());
+        let dest = Destination::masq("10.244.0.5".parse().unwrap(), 5353);
+        for op in [
+            Operation::AddService(service.clone()),
+            Operation::UpdateService(service),
+            Operation::DeleteService(key),
+            Operation::AddDestination(key, dest.clone()),
+            Operation::UpdateDestination(key, dest.clone()),
+            Operation::DeleteDestination(key, dest.key()),
+        ] {
+            assert_eq!(op.service_key(), key, "{}", op.describe());
+        }
     }
 }

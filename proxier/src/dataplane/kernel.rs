@@ -15,7 +15,8 @@ use netlink::AddressFamily;
 use netlink::conntrack::{ConntrackError, ConntrackHandle, Entry};
 use netlink::ipset::{IpsetError, IpsetHandle, Member, SetType};
 use netlink::ipvs::{
-    DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceKey, Table, VirtualServer,
+    DestinationKey, ErrorKind, IpvsError, IpvsHandle, Operation, ServiceEntry, ServiceKey, Table,
+    VirtualServer,
 };
 use netlink::link::{LinkError, Links, LocalAddress};
 
@@ -45,6 +46,10 @@ pub enum KernelError {
     Conntrack(#[from] ConntrackError),
 }
 
+/// Most IPVS service dumps one observation makes while they disagree
+/// ([`Kernel::stable_service_dump`]).
+const MAX_SERVICE_DUMPS: usize = 5;
+
 /// `IPv4` or `IPv6`, as kube-proxy names families.
 pub const fn family_name(family: AddressFamily) -> &'static str {
     match family {
@@ -60,6 +65,9 @@ pub struct Failure {
     /// 10.96.0.1:80/TCP`, `bind 10.96.0.1 on kube-ipvs0`, `ipset add KUBE-CLUSTER-IP`.
     pub object: String,
     pub error: String,
+    /// The virtual server of a failed IPVS operation, so the daemon can name the Service
+    /// behind it.
+    pub virtual_server: Option<ServiceKey>,
 }
 
 impl fmt::Display for Failure {
@@ -160,9 +168,26 @@ pub struct Outcome {
 
 impl Outcome {
     pub(crate) fn fail(&mut self, object: String, error: impl fmt::Display) {
+        self.push_failure(object, error, None);
+    }
+
+    fn fail_ipvs(&mut self, op: &Operation, error: impl fmt::Display) {
+        self.push_failure(op.describe(), error, Some(op.service_key()));
+    }
+
+    fn push_failure(
+        &mut self,
+        object: String,
+        error: impl fmt::Display,
+        virtual_server: Option<ServiceKey>,
+    ) {
         let error = error.to_string();
         tracing::warn!(object = %object, error = %error, "kernel write failed");
-        self.failures.push(Failure { object, error });
+        self.failures.push(Failure {
+            object,
+            error,
+            virtual_server,
+        });
     }
 
     /// No failure, and the observation matched the kernel: the state after this sync is the
@@ -262,12 +287,37 @@ impl Kernel {
         Ok(())
     }
 
+    /// The IPVS service list, dumped until two dumps in a row list the same services. The
+    /// kernel resumes a multi-part dump at an index that counts the services of every network
+    /// namespace, so another namespace adding or deleting services meanwhile (other nodes of
+    /// a kind cluster, other lab cases) makes one dump skip or repeat some of ours. A sync
+    /// that trusted such a dump would re-add what exists (answered by the stale-view
+    /// recovery, but with writes) or miss stale services. Small tables fit one message and
+    /// agree at once: the cost is one extra service dump per full sync.
+    async fn stable_service_dump(&mut self) -> Result<Vec<ServiceEntry>, KernelError> {
+        let keys = |entries: &[ServiceEntry]| {
+            let mut k: Vec<ServiceKey> = entries.iter().map(|e| e.service.key).collect();
+            k.sort();
+            k
+        };
+        let mut last = self.ipvs.dump_services().await?;
+        for _ in 1..MAX_SERVICE_DUMPS {
+            let again = self.ipvs.dump_services().await?;
+            if keys(&again) == keys(&last) {
+                return Ok(again);
+            }
+            tracing::debug!("IPVS service dumps differ (another namespace changed); reading again");
+            last = again;
+        }
+        Ok(last)
+    }
+
     /// Reads the state: one IPVS service dump plus one real-server dump per virtual server
     /// (the protocol has no "all real servers" dump), one link lookup, one address dump, one
     /// ipset name listing plus one listing per set of `sets` that exists.
     pub async fn observe(&mut self, sets: &[String]) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
-        for entry in self.ipvs.dump_services().await? {
+        for entry in self.stable_service_dump().await? {
             let key = entry.service.key;
             let mut vs = VirtualServer::new(entry.service);
             for d in self.ipvs.dump_destinations(&key).await? {
@@ -491,7 +541,7 @@ impl Kernel {
                         out.observation_stale = true;
                         redo.push(again);
                     }
-                    None => out.fail(op.describe(), e),
+                    None => out.fail_ipvs(op, e),
                 },
             }
         }
@@ -503,7 +553,7 @@ impl Kernel {
         for (op, result) in redo.iter().zip(results) {
             match result {
                 Ok(()) => out.writes.count_ipvs(op),
-                Err(e) => out.fail(op.describe(), e),
+                Err(e) => out.fail_ipvs(op, e),
             }
         }
     }

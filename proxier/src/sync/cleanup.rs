@@ -51,6 +51,7 @@ impl CleanupReport {
         let failure = Failure {
             object: object.into(),
             error: error.to_string(),
+            virtual_server: None,
         };
         tracing::warn!(object = %failure.object, error = %failure.error, "cleanup step failed");
         self.failures.push(failure);

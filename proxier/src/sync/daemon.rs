@@ -18,16 +18,18 @@
 //! update; a sync whose iptables restores succeeded is an update (per-object IPVS failures do
 //! not make the proxier unhealthy, as upstream, but they are retried with backoff).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use netlink::AddressFamily;
+use netlink::ipvs::ServiceKey;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::runner::{Outcome, Reason, Runner, RunnerConfig, Step};
 use super::status;
-use super::{SyncError, SyncOptions, SyncReport, Syncer};
+use super::{Failure, SyncError, SyncOptions, SyncReport, Syncer};
 use crate::config::{IptablesBackend, ProxierSettings};
 use crate::dataplane::iptables::{BackendChoice, Iptables};
 use crate::dataplane::kernel::{KernelOptions, family_name};
@@ -347,7 +349,13 @@ impl Daemon {
             Ok(report) => {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
-                self.write_state(objects);
+                let refused = report.failures.iter().any(|f| f.virtual_server.is_some());
+                if (self.state_file.is_some() || refused)
+                    && let Some(owners) = self.owners(objects)
+                {
+                    self.write_state(&owners);
+                    log_refusals(&report.failures, &owners);
+                }
                 // A stale read is retried like a failure: the retry is a full sync.
                 if report.converged() {
                     Outcome::Ok
@@ -365,15 +373,20 @@ impl Daemon {
         }
     }
 
-    /// The annotations `ipvs-proxier status` prints; best effort.
-    fn write_state(&self, objects: ObjectRefs<'_>) {
-        let (Some(path), Some(plan)) = (&self.state_file, self.syncer.last_plan()) else {
-            return;
-        };
+    /// The Service port (`namespace/name:port`) behind each virtual server of the last plan.
+    fn owners(&self, objects: ObjectRefs<'_>) -> Option<BTreeMap<ServiceKey, String>> {
+        let plan = self.syncer.last_plan()?;
         let options = self.syncer.options().plan.model_options();
         let (model, _) = Model::build_refs(objects.services, &[], objects.nodes, &options);
-        let owners = status::owners(&model, &super::desired_table(plan));
-        if let Err(e) = status::write_owners(path, &owners) {
+        Some(status::owners(&model, &super::desired_table(plan)))
+    }
+
+    /// The annotations `ipvs-proxier status` prints; best effort.
+    fn write_state(&self, owners: &BTreeMap<ServiceKey, String>) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        if let Err(e) = status::write_owners(path, owners) {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the status file");
         }
     }
@@ -474,5 +487,25 @@ impl Daemon {
             });
             hc.sync_plan(plan).await;
         }
+    }
+}
+
+/// Each IPVS write the kernel refused, logged with the Service port it was for: the kernel
+/// layer's warning names only the virtual server. The other Services are not affected; the
+/// sync is retried with backoff.
+fn log_refusals(failures: &[Failure], owners: &BTreeMap<ServiceKey, String>) {
+    for f in failures {
+        let Some(key) = f.virtual_server else {
+            continue;
+        };
+        let service = owners
+            .get(&key)
+            .map_or("none (stale virtual server)", String::as_str);
+        tracing::error!(
+            service = %service,
+            object = %f.object,
+            error = %f.error,
+            "the kernel refused a write for this Service; it is retried"
+        );
     }
 }

@@ -527,7 +527,10 @@ async fn watch_stream(
     loop {
         let lines = shared.update(|s| {
             let mut lines = Vec::new();
-            for e in s.log.iter().filter(|e| e.rv > pos && e.kind == kind) {
+            // The log is in resourceVersion order: skip what this stream has sent without
+            // scanning it (a long churn makes the log long).
+            let start = s.log.partition_point(|e| e.rv <= pos);
+            for e in s.log[start..].iter().filter(|e| e.kind == kind) {
                 let was = e.old.as_ref().is_some_and(|o| selector.matches(o));
                 let is = e.new.as_ref().is_some_and(|o| selector.matches(o));
                 let line = match (was, is, &e.new) {
