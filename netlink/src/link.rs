@@ -10,10 +10,11 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
-use netlink_packet_core::ErrorMessage;
-use netlink_packet_route::AddressFamily as RtFamily;
+use netlink_packet_core::{ErrorMessage, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::{AddressFamily as RtFamily, RouteNetlinkMessage};
+use rtnetlink::proto::{NetlinkCodec, NetlinkMessageCodec as _};
 use rtnetlink::{Handle, LinkDummy};
 
 /// errno values that mean "already so".
@@ -47,6 +48,80 @@ pub struct LocalAddress {
     pub prefix_len: u8,
     /// `RT_SCOPE_HOST` (loopback) or `RT_SCOPE_LINK` (e.g. fe80::/10): not node IPs.
     pub host_or_link_scope: bool,
+}
+
+impl LocalAddress {
+    /// The address one `RTM_NEWADDR` message reports, if it carries one. `IFA_LOCAL` is the
+    /// interface's own address on point-to-point links, where `IFA_ADDRESS` is the peer;
+    /// otherwise the two are equal.
+    pub fn from_message(msg: &AddressMessage) -> Option<Self> {
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        Some(Self {
+            ifindex: msg.header.index,
+            addr: local.or(address)?,
+            prefix_len: msg.header.prefix_len,
+            host_or_link_scope: matches!(msg.header.scope, AddressScope::Host | AddressScope::Link),
+        })
+    }
+}
+
+/// The `IFLA_INFO_KIND` of a link (`dummy`, `bridge`, ...), if it reports one.
+fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// One message of an rtnetlink answer, reduced to what this module reads of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteReply {
+    /// `RTM_NEWLINK`: what [`Links::index_of`] and [`Links::delete_dummy`] read.
+    Link { index: u32, kind: Option<InfoKind> },
+    /// `RTM_NEWADDR`: what [`Links::addresses`] reads (`None`: the message has no address).
+    Address(Option<LocalAddress>),
+    /// `NLMSG_ERROR`: 0 for an ack, else the negative errno.
+    Error(i32),
+    /// `NLMSG_DONE` and every other message.
+    Other,
+}
+
+/// Decodes one received rtnetlink datagram as the `rtnetlink` connection task does
+/// (netlink-proto's codec: a message that does not decode is dropped, a bad length drops the
+/// rest of the datagram) and reduces each message as the methods of [`Links`] do. Pure: it
+/// exists so that the path from kernel bytes to our values can be fuzzed (`fuzz/`,
+/// `tests/fuzz_decoders.rs`); the methods themselves get their messages from the connection.
+pub fn parse_replies(datagram: &[u8]) -> Vec<RouteReply> {
+    let mut buf = bytes::BytesMut::from(datagram);
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = NetlinkCodec::decode::<RouteNetlinkMessage>(&mut buf) {
+        out.push(reduce(msg));
+    }
+    out
+}
+
+fn reduce(msg: NetlinkMessage<RouteNetlinkMessage>) -> RouteReply {
+    match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => RouteReply::Link {
+            index: link.header.index,
+            kind: link_kind(&link),
+        },
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)) => {
+            RouteReply::Address(LocalAddress::from_message(&addr))
+        }
+        NetlinkPayload::Error(e) => RouteReply::Error(e.raw_code()),
+        _ => RouteReply::Other,
+    }
 }
 
 /// The node's addresses, split by whether they are on the VIP link, from one dump.
@@ -145,13 +220,7 @@ impl Links {
         let Some(link) = self.link_by_name(name).await? else {
             return Ok(false);
         };
-        let kind = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-                LinkInfo::Kind(k) => Some(k.clone()),
-                _ => None,
-            }),
-            _ => None,
-        });
+        let kind = link_kind(&link);
         if kind != Some(InfoKind::Dummy) {
             return Err(LinkError::NotDummy {
                 name: name.to_owned(),
@@ -224,27 +293,7 @@ impl Links {
             source,
         };
         while let Some(msg) = dump.try_next().await.map_err(fail)? {
-            // IFA_LOCAL is the interface's own address on point-to-point links, where
-            // IFA_ADDRESS is the peer; otherwise the two are equal.
-            let local = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(ip) => Some(*ip),
-                _ => None,
-            });
-            let address = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let Some(addr) = local.or(address) {
-                out.push(LocalAddress {
-                    ifindex: msg.header.index,
-                    addr,
-                    prefix_len: msg.header.prefix_len,
-                    host_or_link_scope: matches!(
-                        msg.header.scope,
-                        AddressScope::Host | AddressScope::Link
-                    ),
-                });
-            }
+            out.extend(LocalAddress::from_message(&msg));
         }
         Ok(out)
     }

@@ -2,26 +2,38 @@
 
 //! Bounded fuzzing of every decoder in this crate, on stable Rust (issue 9): arbitrary bytes
 //! and mutated real captures go through the IPVS request and reply parsers, the genl ctrl
-//! parser, the ipset message parser and member mapping, netlink error/ack parsing and the
-//! multi-message splitter. A decoder may reject its input, never panic or loop; whatever a
+//! parser, the ipset message parser and member mapping, netlink error/ack parsing, the
+//! multi-message splitter and the rtnetlink reply path of `link.rs`
+//! ([`link::parse_replies`]). A decoder may reject its input, never panic or loop; whatever a
 //! decoder accepts must survive emit -> parse unchanged.
 //!
 //! The seed corpus is read from the byte-vector tests themselves (every hex constant of
 //! `tests/ipvs_codec.rs` and every `CAPTURE_*` of `src/ipset/codec.rs`), so a new capture
-//! becomes a seed without touching this file. Case counts are fixed (see [`CASES`]) so a
-//! CI run is bounded; `PROPTEST_CASES` raises them for a longer local run.
+//! becomes a seed without touching this file; rtnetlink answers, which have no captures, are
+//! built here from typed messages ([`rtnetlink_seeds`]). Case counts are fixed (see
+//! [`CASES`]) so a CI run is bounded; `PROPTEST_CASES` raises them for a longer local run.
+//!
+//! The same seeds feed the cargo-fuzz targets (`fuzz/`): [`write_fuzz_seeds`] writes them
+//! when `FUZZ_SEEDS_DIR` is set, as `tests/fuzz/run` does.
 
+use std::net::IpAddr;
+use std::num::NonZeroI32;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use netlink::ipset::SetType;
 use netlink::ipset::codec::{CmdAttr, CreateAttr, ElemAttr, IpsetMessage, member_from_attrs};
 use netlink::ipvs::codec::{self, IpvsReply, IpvsRequest};
+use netlink::link::{self, LocalAddress, RouteReply};
 use netlink_packet_core::{
-    DefaultNla, NLA_F_NESTED, NLA_F_NET_BYTEORDER, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, ParseableParametrized,
+    DefaultNla, DoneMessage, ErrorMessage, NLA_F_NESTED, NLA_F_NET_BYTEORDER, NLM_F_MULTIPART,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla,
+    ParseableParametrized,
 };
 use netlink_packet_generic::{GenlHeader, GenlMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::{AddressFamily as RtFamily, RouteNetlinkMessage};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -45,9 +57,22 @@ const SET_TYPES: [SetType; 6] = [
 /// Every string constant of `source` that is a whole netlink message in hex (plain or
 /// space-separated, possibly continued with `\` over several lines).
 fn captures_in(source: &str) -> Vec<Vec<u8>> {
+    named_captures_in(source)
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect()
+}
+
+/// [`captures_in`] with the name of each constant.
+fn named_captures_in(source: &str) -> Seeds {
     let mut out = Vec::new();
     let mut rest = source;
     while let Some(at) = rest.find(": &str =") {
+        let name = rest[..at]
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         rest = &rest[at..];
         let Some(open) = rest.find('"') else { break };
         let Some(len) = rest[open + 1..].find('"') else {
@@ -65,12 +90,13 @@ fn captures_in(source: &str) -> Vec<Vec<u8>> {
         {
             continue;
         }
-        out.push(
+        out.push((
+            name,
             (0..digits.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
                 .collect(),
-        );
+        ));
     }
     out
 }
@@ -78,6 +104,7 @@ fn captures_in(source: &str) -> Vec<Vec<u8>> {
 fn seeds() -> Vec<Vec<u8>> {
     let mut all = captures_in(IPVS_TESTS);
     all.extend(captures_in(IPSET_CODEC));
+    all.extend(rtnetlink_seeds().into_iter().map(|(_, b)| b));
     all
 }
 
@@ -283,6 +310,8 @@ fn decode_everything(buf: &[u8]) -> Result<(), TestCaseError> {
         ipvs_payload(payload, h.message_type)?;
         ipset_payload(h.message_type, payload)?;
     }
+    // The rtnetlink path of link.rs on the same bytes.
+    let _ = link::parse_replies(buf);
     // Whole-message parsers: ipset (incl. NLMSG_ERROR / NLMSG_DONE, and the echoed request
     // inside an error) through the library's framing.
     if let Ok(nl) = NetlinkMessage::<IpsetMessage>::deserialize(buf)
@@ -496,4 +525,409 @@ fn ctrl_family_id_of_the_captured_answer() {
     let (_, payload) = codec::split_messages(reply).next().unwrap().unwrap();
     assert_eq!(codec::ctrl_family_id(payload).unwrap(), Some(0x20));
     assert_eq!(codec::ctrl_family_id(&[1, 2]).map_err(|_| ()), Err(()));
+}
+
+// ---------------------------------------------------------------------------------------
+// rtnetlink: the answers link.rs reads (link get, address dump), built from typed messages
+// with netlink-packet-route's own encoder, which is what the kernel's bytes look like.
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_LABEL: u16 = 3;
+const IFA_CACHEINFO: u16 = 6;
+const IFA_FLAGS: u16 = 8;
+const ENODEV: i32 = 19;
+
+fn route_wire(payload: NetlinkPayload<RouteNetlinkMessage>, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut nl = NetlinkMessage::new(header, payload);
+    nl.finalize();
+    let mut buf = vec![0; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    buf
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn address_message(
+    ifindex: u32,
+    addr: &str,
+    prefix_len: u8,
+    scope: AddressScope,
+    local: Option<&str>,
+) -> RouteNetlinkMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = if ip(addr).is_ipv4() {
+        RtFamily::Inet
+    } else {
+        RtFamily::Inet6
+    };
+    msg.header.prefix_len = prefix_len;
+    msg.header.scope = scope;
+    msg.header.index = ifindex;
+    msg.attributes.push(AddressAttribute::Address(ip(addr)));
+    if let Some(l) = local {
+        msg.attributes.push(AddressAttribute::Local(ip(l)));
+    }
+    msg.attributes
+        .push(AddressAttribute::Label(format!("if{ifindex}")));
+    RouteNetlinkMessage::NewAddress(msg)
+}
+
+fn link_message(index: u32, name: &str, kind: Option<InfoKind>) -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    if let Some(k) = kind {
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)]));
+    }
+    RouteNetlinkMessage::NewLink(msg)
+}
+
+fn error_payload(errno: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+    let mut e = ErrorMessage::default();
+    e.code = NonZeroI32::new(-errno);
+    // The echoed request's header (capped acks).
+    e.header = vec![0; 16];
+    NetlinkPayload::Error(e)
+}
+
+/// Named rtnetlink answers, each a whole datagram as `link.rs`'s requests get them.
+fn rtnetlink_seeds() -> Seeds {
+    let inner = NetlinkPayload::InnerMessage;
+    let mut dump = Vec::new();
+    for m in [
+        address_message(1, "127.0.0.1", 8, AddressScope::Host, Some("127.0.0.1")),
+        address_message(
+            2,
+            "10.255.0.1",
+            24,
+            AddressScope::Universe,
+            Some("10.255.0.1"),
+        ),
+        address_message(2, "fe80::1", 64, AddressScope::Link, None),
+        address_message(2, "fd00:255::1", 64, AddressScope::Universe, None),
+        address_message(
+            5,
+            "10.96.0.10",
+            32,
+            AddressScope::Universe,
+            Some("10.96.0.10"),
+        ),
+        // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+        address_message(
+            7,
+            "192.0.2.254",
+            32,
+            AddressScope::Universe,
+            Some("192.0.2.1"),
+        ),
+    ] {
+        dump.extend(route_wire(inner(m), NLM_F_MULTIPART, 1));
+    }
+    let mut done = DoneMessage::default();
+    done.code = 0;
+    dump.extend(route_wire(NetlinkPayload::Done(done), NLM_F_MULTIPART, 1));
+
+    let mut no_address = AddressMessage::default();
+    no_address.header.index = 3;
+    no_address
+        .attributes
+        .push(AddressAttribute::Label("eth1".to_owned()));
+
+    vec![
+        ("addr_dump".to_owned(), dump),
+        (
+            "addr_without_address".to_owned(),
+            route_wire(
+                inner(RouteNetlinkMessage::NewAddress(no_address)),
+                NLM_F_MULTIPART,
+                2,
+            ),
+        ),
+        (
+            "link_dummy".to_owned(),
+            route_wire(
+                inner(link_message(5, "kube-ipvs0", Some(InfoKind::Dummy))),
+                0,
+                3,
+            ),
+        ),
+        (
+            "link_bridge".to_owned(),
+            route_wire(
+                inner(link_message(4, "kube-ipvs0", Some(InfoKind::Bridge))),
+                0,
+                4,
+            ),
+        ),
+        (
+            "link_without_kind".to_owned(),
+            route_wire(inner(link_message(1, "lo", None)), 0, 5),
+        ),
+        (
+            "error_enodev".to_owned(),
+            route_wire(error_payload(ENODEV), 0, 6),
+        ),
+        ("ack".to_owned(), route_wire(error_payload(0), 0, 7)),
+    ]
+}
+
+fn local(ifindex: u32, addr: &str, prefix_len: u8, host_or_link_scope: bool) -> RouteReply {
+    RouteReply::Address(Some(LocalAddress {
+        ifindex,
+        addr: ip(addr),
+        prefix_len,
+        host_or_link_scope,
+    }))
+}
+
+/// The seeds decode to exactly what link.rs must read of them (so the fuzzing below runs the
+/// real path, not a path that rejects everything).
+#[test]
+fn rtnetlink_seeds_decode_to_what_link_reads() {
+    let seeds = rtnetlink_seeds();
+    let by_name = |n: &str| &seeds.iter().find(|(name, _)| name == n).unwrap().1;
+    assert_eq!(
+        link::parse_replies(by_name("addr_dump")),
+        vec![
+            local(1, "127.0.0.1", 8, true),
+            local(2, "10.255.0.1", 24, false),
+            local(2, "fe80::1", 64, true),
+            local(2, "fd00:255::1", 64, false),
+            local(5, "10.96.0.10", 32, false),
+            local(7, "192.0.2.1", 32, false),
+            RouteReply::Other,
+        ]
+    );
+    assert_eq!(
+        link::parse_replies(by_name("addr_without_address")),
+        vec![RouteReply::Address(None)]
+    );
+    let link_reply = |index, kind| RouteReply::Link { index, kind };
+    assert_eq!(
+        link::parse_replies(by_name("link_dummy")),
+        vec![link_reply(5, Some(InfoKind::Dummy))]
+    );
+    assert_eq!(
+        link::parse_replies(by_name("link_bridge")),
+        vec![link_reply(4, Some(InfoKind::Bridge))]
+    );
+    assert_eq!(
+        link::parse_replies(by_name("link_without_kind")),
+        vec![link_reply(1, None)]
+    );
+    assert_eq!(
+        link::parse_replies(by_name("error_enodev")),
+        vec![RouteReply::Error(-ENODEV)]
+    );
+    assert_eq!(
+        link::parse_replies(by_name("ack")),
+        vec![RouteReply::Error(0)]
+    );
+    // Several datagrams' worth in one buffer: every message, in order.
+    let mut both = by_name("link_dummy").clone();
+    both.extend(by_name("ack"));
+    assert_eq!(
+        link::parse_replies(&both),
+        vec![link_reply(5, Some(InfoKind::Dummy)), RouteReply::Error(0)]
+    );
+}
+
+/// A bad length drops the rest of the datagram (as the connection's codec does); a message
+/// that does not decode is skipped and the next one still read.
+#[test]
+fn rtnetlink_undecodable_message_is_skipped_bad_length_stops() {
+    let seeds = rtnetlink_seeds();
+    let dummy = &seeds.iter().find(|(n, _)| n == "link_dummy").unwrap().1;
+    // An RTM_NEWADDR shorter than its ifaddrmsg: does not decode.
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&20u32.to_ne_bytes());
+    buf.extend_from_slice(&RTM_NEWADDR.to_ne_bytes());
+    buf.extend_from_slice(&[0; 14]);
+    buf.extend_from_slice(dummy);
+    let dummy_reply = RouteReply::Link {
+        index: 5,
+        kind: Some(InfoKind::Dummy),
+    };
+    assert_eq!(link::parse_replies(&buf), vec![dummy_reply.clone()]);
+    // A length past the end: nothing after it is read.
+    let mut buf = dummy.clone();
+    buf.extend_from_slice(&1000u32.to_ne_bytes());
+    buf.extend_from_slice(&[0; 28]);
+    buf.extend_from_slice(dummy);
+    assert_eq!(link::parse_replies(&buf), vec![dummy_reply]);
+}
+
+fn rtnetlink_seed_bytes() -> Vec<Vec<u8>> {
+    rtnetlink_seeds().into_iter().map(|(_, b)| b).collect()
+}
+
+#[test]
+fn mutated_rtnetlink_replies_never_panic() {
+    let seeds = rtnetlink_seed_bytes();
+    let n = seeds.len();
+    let strategy = (0..n, proptest::collection::vec(mutation(), 1..6));
+    run("mutated rtnetlink", strategy, move |(i, muts)| {
+        let buf = apply(seeds[i].clone(), &muts, &seeds);
+        let _ = link::parse_replies(&buf);
+        Ok(())
+    });
+}
+
+/// Mutations behind the netlink header of the first message only, with its length kept
+/// consistent, so the route message parsers see nearly every case.
+#[test]
+fn mutated_rtnetlink_attributes_never_panic() {
+    let seeds = rtnetlink_seed_bytes();
+    let n = seeds.len();
+    let strategy = (0..n, proptest::collection::vec(mutation(), 1..4));
+    run(
+        "mutated rtnetlink attributes",
+        strategy,
+        move |(i, muts)| {
+            let seed = &seeds[i];
+            let len = u32::from_ne_bytes([seed[0], seed[1], seed[2], seed[3]]) as usize;
+            let head = 16.min(len);
+            let mut buf = seed[..head].to_vec();
+            buf.extend(apply(seed[head..len].to_vec(), &muts, &seeds));
+            let new_len = u32::try_from(buf.len()).unwrap();
+            buf[..4].copy_from_slice(&new_len.to_ne_bytes());
+            let _ = link::parse_replies(&buf);
+            Ok(())
+        },
+    );
+}
+
+/// One attribute: a kind (with the nested / byte-order flags sometimes) and either raw bytes
+/// or a list of inner attributes.
+fn route_attr(kinds: &'static [u16]) -> impl Strategy<Value = Vec<u8>> {
+    let kind = prop_oneof![proptest::sample::select(kinds), 0u16..64, any::<u16>()];
+    let raw = proptest::collection::vec(any::<u8>(), 0..24);
+    let inner = proptest::collection::vec(
+        (
+            prop_oneof![Just(IFLA_INFO_KIND), Just(IFLA_INFO_DATA), 0u16..8],
+            prop_oneof![
+                Just(b"dummy\0".to_vec()),
+                Just(b"bridge\0".to_vec()),
+                Just(b"vlan\0".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..24),
+            ],
+        ),
+        0..4,
+    )
+    .prop_map(|attrs| attrs.iter().flat_map(|(k, v)| nla(*k, v)).collect());
+    (kind, any::<bool>(), prop_oneof![raw, inner])
+        .prop_map(|(k, nested, value)| nla(if nested { k | NLA_F_NESTED } else { k }, &value))
+}
+
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(4 + value.len()).unwrap();
+    let mut out = len.to_ne_bytes().to_vec();
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize((out.len() + 3) & !3, 0);
+    out
+}
+
+/// Well-framed RTM_NEWLINK / RTM_NEWADDR messages with arbitrary headers and attributes
+/// (well-formed attribute framing, arbitrary contents): reaches the route attribute parsers
+/// on every case.
+#[test]
+fn rtnetlink_attributes_behind_valid_headers_never_panic() {
+    const LINK_KINDS: &[u16] = &[IFLA_IFNAME, IFLA_LINKINFO, IFLA_LINKINFO | NLA_F_NESTED];
+    const ADDR_KINDS: &[u16] = &[IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_CACHEINFO, IFA_FLAGS];
+    let message = prop_oneof![
+        (
+            Just(RTM_NEWLINK),
+            proptest::collection::vec(any::<u8>(), 16),
+            proptest::collection::vec(route_attr(LINK_KINDS), 0..6)
+        ),
+        (
+            Just(RTM_NEWADDR),
+            proptest::collection::vec(any::<u8>(), 8),
+            proptest::collection::vec(route_attr(ADDR_KINDS), 0..6)
+        ),
+    ];
+    let strategy = proptest::collection::vec(message, 1..4);
+    run("rtnetlink framed", strategy, |messages| {
+        let mut buf = Vec::new();
+        for (t, header, attrs) in messages {
+            let body: Vec<u8> = header.into_iter().chain(attrs.concat()).collect();
+            let len = u32::try_from(16 + body.len()).unwrap();
+            buf.extend_from_slice(&len.to_ne_bytes());
+            buf.extend_from_slice(&t.to_ne_bytes());
+            buf.extend_from_slice(&NLM_F_MULTIPART.to_ne_bytes());
+            buf.extend_from_slice(&[0; 8]);
+            buf.extend_from_slice(&body);
+        }
+        let replies = link::parse_replies(&buf);
+        prop_assert!(replies.len() <= 3);
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds for the cargo-fuzz targets (fuzz/fuzz_targets/*.rs).
+
+/// Named seed files.
+type Seeds = Vec<(String, Vec<u8>)>;
+
+/// Seeds per cargo-fuzz target, named after the constant (or rtnetlink seed) they come from.
+fn fuzz_seeds() -> Vec<(&'static str, Seeds)> {
+    let ipvs = named_captures_in(IPVS_TESTS);
+    let ipset = named_captures_in(IPSET_CODEC);
+    let rt = rtnetlink_seeds();
+    let prefixed = |prefix: &str, seeds: &Seeds| -> Seeds {
+        seeds
+            .iter()
+            .map(|(n, b)| (format!("{prefix}-{n}"), b.clone()))
+            .collect()
+    };
+    let mut all = prefixed("ipvs", &ipvs);
+    all.extend(prefixed("ipset", &ipset));
+    all.extend(prefixed("rt", &rt));
+    vec![
+        ("ipvs_reply", ipvs.clone()),
+        ("ipvs_request", ipvs.clone()),
+        ("genl_ctrl", ipvs),
+        ("ipset", ipset),
+        ("rtnetlink", rt),
+        ("split", all),
+    ]
+}
+
+/// Writes the cargo-fuzz seeds under `$FUZZ_SEEDS_DIR/<target>/` when that is set (as
+/// `tests/fuzz/run` does); checks them either way.
+#[test]
+fn write_fuzz_seeds() {
+    let seeds = fuzz_seeds();
+    for (target, files) in &seeds {
+        assert!(files.len() >= 5, "{target}: {} seeds", files.len());
+        let mut names: Vec<_> = files.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), files.len(), "{target}: duplicate seed names");
+    }
+    let Some(dir) = std::env::var_os("FUZZ_SEEDS_DIR") else {
+        return;
+    };
+    for (target, files) in seeds {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
 }

@@ -19,15 +19,32 @@ fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata")
 }
 
-/// Every render of a case, by file name; `None` = the file must not exist.
-fn renders(dir: &Path) -> Vec<(&'static str, Option<String>)> {
-    let input = match fs::read_to_string(dir.join("input-path")) {
+/// The input objects of a case (`input.yaml`, or the file `input-path` names).
+fn input_of(dir: &Path) -> String {
+    match fs::read_to_string(dir.join("input-path")) {
         Ok(rel) => {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             fs::read_to_string(root.join(rel.trim())).unwrap()
         }
         Err(_) => fs::read_to_string(dir.join("input.yaml")).unwrap(),
-    };
+    }
+}
+
+/// The golden case directories, sorted.
+fn case_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(testdata())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        // Other tests keep their own data under testdata/ too; a case has a config.yaml.
+        .filter(|p| p.join("config.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Every render of a case, by file name; `None` = the file must not exist.
+fn renders(dir: &Path) -> Vec<(&'static str, Option<String>)> {
+    let input = input_of(dir);
     let config = fs::read_to_string(dir.join("config.yaml")).unwrap();
     let (config, facts) = ConfigFile::parse(&config).unwrap().into_parts().unwrap();
     let manifests = parse_manifests(&input);
@@ -54,13 +71,7 @@ fn renders(dir: &Path) -> Vec<(&'static str, Option<String>)> {
 #[test]
 fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDENS").is_some_and(|v| v == "1");
-    let mut dirs: Vec<PathBuf> = fs::read_dir(testdata())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        // Other tests keep their own data under testdata/ too; a case has a config.yaml.
-        .filter(|p| p.join("config.yaml").is_file())
-        .collect();
-    dirs.sort();
+    let dirs = case_dirs();
     let mut failures = String::new();
     for dir in &dirs {
         let case = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -93,6 +104,38 @@ fn golden_cases() {
         failures.is_empty(),
         "golden mismatches (UPDATE_GOLDENS=1 to rewrite, then review):\n{failures}"
     );
+}
+
+/// Seeds for the cargo-fuzz `model` target (fuzz/): each case's input documents as one JSON
+/// `v1` `List` (the shape the target reads), written under `$FUZZ_SEEDS_DIR/model/` when
+/// that is set (as `tests/fuzz/run` does). Checked either way: every document of every case
+/// converts, and the List reads back through `parse_manifests` to the same objects.
+#[test]
+fn golden_inputs_as_fuzz_seeds() {
+    use serde::Deserialize as _;
+    let out = std::env::var_os("FUZZ_SEEDS_DIR").map(|d| Path::new(&d).join("model"));
+    if let Some(dir) = &out {
+        fs::create_dir_all(dir).unwrap();
+    }
+    for dir in case_dirs() {
+        let case = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let input = input_of(&dir);
+        let items: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&input)
+            .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+            .filter(|v| !v.is_null())
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let json = serde_json::to_string_pretty(&list).unwrap();
+        let (direct, listed) = (parse_manifests(&input), parse_manifests(&json));
+        assert_eq!(
+            (direct.services, direct.endpoint_slices, direct.nodes),
+            (listed.services, listed.endpoint_slices, listed.nodes),
+            "{case}: the JSON List holds other objects than the input"
+        );
+        if let Some(out) = &out {
+            fs::write(out.join(format!("{case}.json")), json).unwrap();
+        }
+    }
 }
 
 /// A unified diff (3 lines of context) from a longest-common-subsequence line alignment.
