@@ -9,10 +9,13 @@
 //! - the outside client is masqueraded (the backend sees the node's 10.244.0.1), the inside
 //!   one is not (the backend sees 10.244.1.50);
 //! - graceful termination: a backend removed while it serves a long request stays at weight
-//!   0 (new connections go to the other one) and is deleted after the maximum drain time (15 s here).
+//!   0 (new connections go to the other one) and is deleted after the maximum drain time (15 s
+//!   here); a backend whose held connection is answered in full at weight 0 and then closed
+//!   is deleted once IPVS counts no connection on it, well before the maximum drain time.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,6 +215,118 @@ fn cluster_ip_traffic_rr_masquerade_and_graceful_drain() {
         );
         let _ = slow.kill();
         let _ = slow.wait();
+
+        // Deleted once its connections reach 0, long before the maximum drain time: a new
+        // process (maximum drain 120 s) adopts the node, the backend comes back, a client
+        // holds an established connection to it, and the backend is removed again. The
+        // connection keeps working at weight 0 (a whole answer, no reset); the client then
+        // closes with a reset so that IPVS forgets the connection after its 10 s CLOSE state
+        // instead of the 2 min of TIME_WAIT, and the drain check deletes the real server.
+        drop(s);
+        let mut opts = sync_options(&args, "node-1".into());
+        opts.max_drain = Some(Duration::from_secs(120));
+        let mut s = Syncer::new(opts, &kernel).await.unwrap();
+        let mut objects = self::objects();
+        assert_eq!(s.sync(&objects).await.unwrap().failures, vec![]);
+        let mut client = Command::new("ip")
+            .args(["netns", "exec", "tr-out", "python3", "-c", HOLD_THEN_RESET])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "connected");
+        let (held_ip, held_pod, other_ip) = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let table = sh("ipvsadm -Ln -t 10.96.0.10:80").unwrap();
+                if active_on(&table, "10.244.0.11") {
+                    break ("10.244.0.11", "pod1", "10.244.0.12");
+                }
+                if active_on(&table, "10.244.0.12") {
+                    break ("10.244.0.12", "pod2", "10.244.0.11");
+                }
+                assert!(Instant::now() < deadline, "no active connection:\n{table}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        objects
+            .endpoint_slices
+            .iter_mut()
+            .find(|e| e.metadata.name.as_deref() == Some("myweb-svc-7x2lq"))
+            .unwrap()
+            .endpoints
+            .retain(|e| e.addresses != [held_ip.to_owned()]);
+        let removed = s.sync(&objects).await.unwrap();
+        assert_eq!(
+            removed.writes.real_servers_updated, 1,
+            "{:?}",
+            removed.writes
+        );
+        let removed_at = Instant::now();
+        writeln!(client.stdin.as_mut().unwrap(), "go").unwrap();
+        let answer = lines.next().unwrap().unwrap();
+        assert_eq!(
+            answer.replace("[::ffff:", "").replace(']', ""),
+            format!("{held_pod} 10.244.0.1"),
+            "the held connection was not answered in full"
+        );
+        assert!(client.wait().unwrap().success());
+        let deleted = loop {
+            let out = s.check_drains().await.unwrap();
+            if out.writes.real_servers_deleted == 1 {
+                break removed_at.elapsed();
+            }
+            assert_eq!(out.writes, WriteCounts::default());
+            assert!(
+                removed_at.elapsed() < Duration::from_secs(90),
+                "not deleted 90 s after its last connection closed:\n{}",
+                sh("ipvsadm -Ln -t 10.96.0.10:80").unwrap()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        eprintln!("real server with a reset connection deleted after {deleted:?}");
+        let mut vs: Vec<String> = ipvsadm_save()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("10.96.0.10:80 "))
+            .map(str::to_owned)
+            .collect();
+        vs.sort();
+        assert_eq!(
+            vs,
+            [
+                "-A -t 10.96.0.10:80 -s rr".to_owned(),
+                format!("-a -t 10.96.0.10:80 -r {other_ip}:8080 -m -w 1"),
+            ]
+        );
         cleanup();
     });
+}
+
+/// Connects to the ClusterIP, says so, waits for a line on stdin, sends one request, prints
+/// the answer's body and closes with a reset (SO_LINGER 0).
+const HOLD_THEN_RESET: &str = r#"
+import socket, struct, sys
+s = socket.create_connection(("10.96.0.10", 80), timeout=60)
+print("connected", flush=True)
+sys.stdin.readline()
+s.sendall(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print(data.decode().split("\r\n\r\n", 1)[-1].strip(), flush=True)
+"#;
+
+/// Whether `table` (`ipvsadm -Ln` of one service) shows an active connection on `ip`:8080.
+fn active_on(table: &str, ip: &str) -> bool {
+    table
+        .lines()
+        .filter(|l| l.contains("->") && l.contains(&format!("{ip}:8080")))
+        .any(|l| l.split_whitespace().nth(4) == Some("1"))
 }
