@@ -31,6 +31,11 @@ impl Mix {
         load_balancer_every: 0,
     };
 
+    /// Whether Service `i` is a plain ClusterIP one (neither NodePort nor LoadBalancer).
+    pub fn cluster_ip_only(&self, i: u32) -> bool {
+        !Self::every(self.node_port_every, i) && !Self::every(self.load_balancer_every, i)
+    }
+
     fn every(n: u32, i: u32) -> bool {
         n != 0 && i.is_multiple_of(n)
     }
