@@ -134,14 +134,10 @@ pub fn genl_ctrl(data: &[u8]) {
 /// messages, the echoed request inside an error for its line number), then listed as
 /// `IpsetHandle::list` does (members per set type).
 pub fn ipset(data: &[u8]) {
-    let mut at = 0;
-    while at + codec::NLMSG_HDR_LEN <= data.len() {
-        let len = u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        if len < codec::NLMSG_HDR_LEN || at + len > data.len() {
+    for bytes in netlink::frame::split_datagram(data) {
+        let Ok(bytes) = bytes else {
             break;
-        }
-        let bytes = &data[at..at + len];
-        at += (len + 3) & !3;
+        };
         let Ok(nl) = NetlinkMessage::<IpsetMessage>::deserialize(bytes) else {
             continue;
         };

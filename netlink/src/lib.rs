@@ -2,9 +2,11 @@
 //! (nfnetlink) and links/addresses (rtnetlink). This crate knows nothing about Kubernetes.
 
 pub mod conntrack;
+pub mod frame;
 pub mod inet;
 pub mod ipset;
 pub mod ipvs;
 pub mod link;
+pub mod nfnetlink;
 
 pub use inet::{AddressFamily, Protocol};

@@ -15,10 +15,10 @@ use netlink_packet_core::{
     NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable,
 };
 
+use crate::nfnetlink::{NFGENMSG_LEN, attrs_len, emit_attrs, emit_header};
+
 /// nfnetlink subsystem id of conntrack (`NFNL_SUBSYS_CTNETLINK`, linux/netfilter/nfnetlink.h).
 pub const NFNL_SUBSYS_CTNETLINK: u8 = 1;
-/// `NFNETLINK_V0`: the only `nfgenmsg.version`.
-pub const NFNETLINK_V0: u8 = 0;
 
 /// `enum cntl_msg_types`. A dump is asked with GET + `NLM_F_DUMP` and answered with NEW.
 pub mod cmd {
@@ -59,9 +59,6 @@ pub mod proto {
     pub const SRC_PORT: u16 = 2;
     pub const DST_PORT: u16 = 3;
 }
-
-/// `struct nfgenmsg`: family, version, res_id (be16).
-const NFGENMSG_LEN: usize = 4;
 
 fn short(what: &str) -> DecodeError {
     DecodeError::from(format!("conntrack: short {what} attribute"))
@@ -149,16 +146,7 @@ impl<T: Nla> Nla for Nest<T> {
         self.kind | NLA_F_NESTED
     }
     fn emit_value(&self, buffer: &mut [u8]) {
-        emit_all(&self.items, buffer);
-    }
-}
-
-fn emit_all<T: Nla>(items: &[T], buffer: &mut [u8]) {
-    let mut at = 0;
-    for item in items {
-        let len = item.buffer_len();
-        item.emit(&mut buffer[at..at + len]);
-        at += len;
+        emit_attrs(&self.items, buffer);
     }
 }
 
@@ -453,14 +441,12 @@ impl NetlinkSerializable for CtMessage {
     }
 
     fn buffer_len(&self) -> usize {
-        NFGENMSG_LEN + self.attrs.iter().map(Emitable::buffer_len).sum::<usize>()
+        NFGENMSG_LEN + attrs_len(&self.attrs)
     }
 
     fn serialize(&self, buffer: &mut [u8]) {
-        buffer[0] = self.family;
-        buffer[1] = NFNETLINK_V0;
-        buffer[2..4].copy_from_slice(&0u16.to_be_bytes());
-        emit_all(&self.attrs, &mut buffer[NFGENMSG_LEN..]);
+        emit_header(self.family, buffer);
+        emit_attrs(&self.attrs, &mut buffer[NFGENMSG_LEN..]);
     }
 }
 

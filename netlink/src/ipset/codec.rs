@@ -23,11 +23,10 @@ use netlink_packet_core::{
 
 use super::types::{Member, SetType};
 use crate::inet::Protocol;
+use crate::nfnetlink::{NFGENMSG_LEN, attrs_len, emit_attrs, emit_header};
 
 /// nfnetlink subsystem id of ipset (`NFNL_SUBSYS_IPSET`, linux/netfilter/nfnetlink.h).
 pub const NFNL_SUBSYS_IPSET: u8 = 6;
-/// `NFNETLINK_V0`: the only `nfgenmsg.version`.
-pub const NFNETLINK_V0: u8 = 0;
 /// The protocol this code speaks (`IPSET_PROTOCOL`) and the oldest the kernel may answer with.
 pub const IPSET_PROTOCOL: u8 = 7;
 pub const IPSET_PROTOCOL_MIN: u8 = 6;
@@ -372,20 +371,6 @@ impl<T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&T>> for CreateAttr {
     }
 }
 
-/// A nested list of attributes, emitted with `NLA_F_NESTED`.
-fn nested_len<T: Nla>(items: &[T]) -> usize {
-    items.iter().map(Emitable::buffer_len).sum()
-}
-
-fn emit_nested<T: Nla>(items: &[T], buffer: &mut [u8]) {
-    let mut at = 0;
-    for item in items {
-        let len = item.buffer_len();
-        item.emit(&mut buffer[at..at + len]);
-        at += len;
-    }
-}
-
 fn parse_nested<T>(buf: &[u8]) -> Result<Vec<T>, DecodeError>
 where
     T: for<'a> Parseable<NlaBuffer<&'a [u8]>>,
@@ -422,13 +407,13 @@ struct AdtData<'a>(&'a [ElemAttr]);
 
 impl Nla for AdtData<'_> {
     fn value_len(&self) -> usize {
-        nested_len(self.0)
+        attrs_len(self.0)
     }
     fn kind(&self) -> u16 {
         attr::DATA | NLA_F_NESTED
     }
     fn emit_value(&self, buffer: &mut [u8]) {
-        emit_nested(self.0, buffer);
+        emit_attrs(self.0, buffer);
     }
 }
 
@@ -439,8 +424,8 @@ impl Nla for CmdAttr {
             Self::SetName(s) | Self::TypeName(s) => s.len() + 1,
             Self::Flags(_) | Self::LineNo(_) => 4,
             Self::Index(_) => 2,
-            Self::CreateData(a) => nested_len(a),
-            Self::ElemData(a) => nested_len(a),
+            Self::CreateData(a) => attrs_len(a),
+            Self::ElemData(a) => attrs_len(a),
             Self::Adt(elems) => elems.iter().map(|e| AdtData(e).buffer_len()).sum(),
             Self::Other(nla) => nla.value_len(),
         }
@@ -474,8 +459,8 @@ impl Nla for CmdAttr {
             }
             Self::Flags(v) | Self::LineNo(v) => buffer[..4].copy_from_slice(&v.to_be_bytes()),
             Self::Index(v) => buffer[..2].copy_from_slice(&v.to_be_bytes()),
-            Self::CreateData(a) => emit_nested(a, buffer),
-            Self::ElemData(a) => emit_nested(a, buffer),
+            Self::CreateData(a) => emit_attrs(a, buffer),
+            Self::ElemData(a) => emit_attrs(a, buffer),
             Self::Adt(elems) => {
                 let mut at = 0;
                 for e in elems {
@@ -531,9 +516,6 @@ pub struct IpsetMessage {
     pub family: u8,
     pub attrs: Vec<CmdAttr>,
 }
-
-/// `struct nfgenmsg`: family, version, res_id (be16).
-const NFGENMSG_LEN: usize = 4;
 
 impl IpsetMessage {
     /// A request that starts with `PROTOCOL`, as every ipset request must.
@@ -618,14 +600,12 @@ impl NetlinkSerializable for IpsetMessage {
     }
 
     fn buffer_len(&self) -> usize {
-        NFGENMSG_LEN + self.attrs.iter().map(Emitable::buffer_len).sum::<usize>()
+        NFGENMSG_LEN + attrs_len(&self.attrs)
     }
 
     fn serialize(&self, buffer: &mut [u8]) {
-        buffer[0] = self.family;
-        buffer[1] = NFNETLINK_V0;
-        buffer[2..4].copy_from_slice(&0u16.to_be_bytes());
-        emit_nested(&self.attrs, &mut buffer[NFGENMSG_LEN..]);
+        emit_header(self.family, buffer);
+        emit_attrs(&self.attrs, &mut buffer[NFGENMSG_LEN..]);
     }
 }
 

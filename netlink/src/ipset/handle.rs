@@ -26,6 +26,7 @@ use super::codec::{
     IpsetMessage, NFPROTO_UNSPEC, cmd, describe_errno, member_attrs, member_from_attrs,
 };
 use super::types::{Member, SetSpec, SetType};
+use crate::frame::split_datagram;
 use crate::inet::AddressFamily;
 
 /// `IPSET_FLAG_LIST_SETNAME`: a LIST dump that returns names only.
@@ -640,19 +641,8 @@ impl IpsetHandle {
         if n > self.buf.len() {
             return Err(decode(format!("datagram of {n} bytes truncated")));
         }
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes([
-                self.buf[at],
-                self.buf[at + 1],
-                self.buf[at + 2],
-                self.buf[at + 3],
-            ]) as usize;
-            if len < 16 || at + len > n {
-                return Err(decode(format!("bad netlink message length {len}")));
-            }
-            let bytes = &self.buf[at..at + len];
-            at += (len + 3) & !3;
+        for bytes in split_datagram(&self.buf[..n]) {
+            let bytes = bytes.map_err(|e| decode(e.to_string()))?;
             let nl = NetlinkMessage::<IpsetMessage>::deserialize(bytes)
                 .map_err(|e| decode(e.to_string()))?;
             let Some(&index) = in_flight.get(&nl.header.sequence_number) else {

@@ -34,6 +34,7 @@ use super::types::{
     AddressFamily, Destination, DestinationKey, ForwardMethod, Protocol, Scheduler, Service,
     ServiceFlags, ServiceKey, Stats, TunnelType,
 };
+use crate::frame::{align4, split_datagram};
 
 /// `IPVS_GENL_NAME`.
 pub const FAMILY_NAME: &str = "IPVS";
@@ -130,8 +131,7 @@ pub mod info_attr {
 
 /// `sizeof(union nf_inet_addr)`.
 const INET_ADDR_LEN: usize = 16;
-/// `sizeof(struct nlmsghdr)`.
-pub const NLMSG_HDR_LEN: usize = 16;
+pub use crate::frame::NLMSG_HDR_LEN;
 /// `sizeof(struct genlmsghdr)`.
 pub const GENL_HDR_LEN: usize = 4;
 
@@ -516,30 +516,18 @@ pub struct MessageHeader {
 /// Splits a received datagram into its netlink messages: `(header, payload)` pairs. Pure and
 /// allocation free, for the ack-reading loop of the batch path.
 pub fn split_messages(
-    mut buf: &[u8],
+    buf: &[u8],
 ) -> impl Iterator<Item = Result<(MessageHeader, &[u8]), DecodeError>> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDR_LEN {
-            return None;
-        }
-        let h = MessageHeader {
-            length: parse_u32(&buf[0..4]).ok()?,
-            message_type: parse_u16(&buf[4..6]).ok()?,
-            flags: parse_u16(&buf[6..8]).ok()?,
-            seq: parse_u32(&buf[8..12]).ok()?,
-            port: parse_u32(&buf[12..16]).ok()?,
+    split_datagram(buf).map(|message| {
+        let m = message?;
+        let header = MessageHeader {
+            length: parse_u32(&m[0..4])?,
+            message_type: parse_u16(&m[4..6])?,
+            flags: parse_u16(&m[6..8])?,
+            seq: parse_u32(&m[8..12])?,
+            port: parse_u32(&m[12..16])?,
         };
-        let len = h.length as usize;
-        if len < NLMSG_HDR_LEN || len > buf.len() {
-            buf = &[];
-            return Some(Err(DecodeError::from(format!(
-                "netlink message length {len} out of bounds"
-            ))));
-        }
-        let payload = &buf[NLMSG_HDR_LEN..len];
-        let next = align4(len).min(buf.len());
-        buf = &buf[next..];
-        Some(Ok((h, payload)))
+        Ok((header, &m[NLMSG_HDR_LEN..]))
     })
 }
 
@@ -636,10 +624,6 @@ impl AttrWriter {
         self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         self.0[start + 2..start + 4].copy_from_slice(&kind.to_ne_bytes());
     }
-}
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
 }
 
 fn inet_addr_bytes(addr: &IpAddr) -> [u8; INET_ADDR_LEN] {
