@@ -45,6 +45,7 @@ _LAB_PACKAGES=(
     "curl:curl"
     "strace:strace"
     "conntrack:conntrack"
+    "python3-minimal:python3"
 )
 
 lab_log() { printf 'lab: %s\n' "$*" >&2; }
