@@ -2,6 +2,7 @@
 //! (nfnetlink) and links/addresses (rtnetlink). This crate knows nothing about Kubernetes.
 
 pub mod conntrack;
+pub mod errno;
 pub mod frame;
 pub mod inet;
 pub mod ipset;

@@ -17,10 +17,8 @@ use netlink_packet_route::{AddressFamily as RtFamily, RouteNetlinkMessage};
 use rtnetlink::proto::{NetlinkCodec, NetlinkMessageCodec as _};
 use rtnetlink::{Handle, LinkDummy};
 
-/// errno values that mean "already so".
-const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
-const EADDRNOTAVAIL: i32 = 99;
+// errno values that mean "already so".
+use crate::errno::{EADDRNOTAVAIL, EEXIST, ENODEV};
 
 /// A link or address operation that failed; each names the link or address.
 #[derive(Debug, thiserror::Error)]

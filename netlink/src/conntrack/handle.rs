@@ -12,6 +12,7 @@ use netlink_packet_core::{
 use netlink_sys::{Socket, constants::NETLINK_NETFILTER};
 
 use super::codec::{CtMessage, Entry};
+use crate::errno::ENOENT;
 use crate::frame::split_datagram;
 use crate::inet::AddressFamily;
 
@@ -21,7 +22,6 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 const RECV_BUF_BYTES: usize = 256 * 1024;
 /// Requested `SO_RCVBUF`, so the acks of a full send are never dropped.
 const SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
-const ENOENT: i32 = 2;
 
 /// An error from the conntrack handle; each names the operation.
 #[derive(Debug, thiserror::Error)]

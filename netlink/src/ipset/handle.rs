@@ -26,6 +26,7 @@ use super::codec::{
     IpsetMessage, NFPROTO_UNSPEC, cmd, describe_errno, member_attrs, member_from_attrs,
 };
 use super::types::{Member, SetSpec, SetType};
+use crate::errno::ENOENT;
 use crate::frame::split_datagram;
 use crate::inet::AddressFamily;
 
@@ -40,7 +41,6 @@ const MAX_SEND_BYTES: usize = 128 * 1024;
 const RECV_BUF_BYTES: usize = 256 * 1024;
 /// Requested `SO_RCVBUF`, so acks of a full send and error echoes are never dropped.
 const SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
-const ENOENT: i32 = 2;
 
 /// An error from the ipset handle; each names the operation and the set.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,8 @@ use super::codec::{
 /// `NLMSG_MIN_TYPE`: types below it are netlink's own (error, done, ...).
 const NLMSG_MIN_TYPE: u16 = 0x10;
 
+use crate::errno;
+
 use super::types::{Destination, DestinationKey, Service, ServiceKey, Table, VirtualServer};
 
 /// What went wrong, as a caller can act on it.
@@ -97,24 +99,15 @@ impl IpvsError {
 
     fn kernel(what: String, errno: i32, service_cmd: bool) -> Self {
         let kind = match errno {
-            libc_errno::EEXIST => ErrorKind::AlreadyExists,
-            libc_errno::ESRCH => ErrorKind::NoSuchService,
-            libc_errno::ENOENT if service_cmd => ErrorKind::UnknownScheduler,
-            libc_errno::ENOENT => ErrorKind::NotFound,
-            libc_errno::EINVAL => ErrorKind::InvalidArgument,
+            errno::EEXIST => ErrorKind::AlreadyExists,
+            errno::ESRCH => ErrorKind::NoSuchService,
+            errno::ENOENT if service_cmd => ErrorKind::UnknownScheduler,
+            errno::ENOENT => ErrorKind::NotFound,
+            errno::EINVAL => ErrorKind::InvalidArgument,
             other => ErrorKind::Other(other),
         };
         Self::Kernel { what, kind, errno }
     }
-}
-
-/// The errno values the kernel's IPVS code answers with (asm-generic/errno-base.h).
-mod libc_errno {
-    pub const ENOENT: i32 = 2;
-    pub const ESRCH: i32 = 3;
-    pub const EEXIST: i32 = 17;
-    pub const EINVAL: i32 = 22;
-    pub const ENOBUFS: i32 = 105;
 }
 
 /// One change to the IPVS table, for [`IpvsHandle::apply`].
@@ -625,7 +618,7 @@ impl IpvsHandle {
         while pending > 0 {
             match self.recv_datagram().await {
                 Ok(()) => {}
-                Err(IpvsError::Io(e)) if e.raw_os_error() == Some(libc_errno::ENOBUFS) => {
+                Err(IpvsError::Io(e)) if e.raw_os_error() == Some(errno::ENOBUFS) => {
                     // Acks were dropped: the ones still queued are read below, the lost ones
                     // stay `None` and become `AckLost`.
                     self.drain_acks(ops, &chunk, base_seq, results, &mut pending)
@@ -657,7 +650,7 @@ impl IpvsHandle {
                         return;
                     }
                 }
-                Ok(Err(IpvsError::Io(e))) if e.raw_os_error() == Some(libc_errno::ENOBUFS) => {}
+                Ok(Err(IpvsError::Io(e))) if e.raw_os_error() == Some(errno::ENOBUFS) => {}
                 _ => return,
             }
         }
