@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use ipvs_proxier::model::parse_manifests;
+use ipvs_proxier::model::{ServiceObject, SliceObject, objects, parse_manifests};
 use ipvs_proxier::plan::{ConfigFile, NodeFacts, PlanConfig, plan_objects, render};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -252,6 +252,8 @@ pub fn model(data: &[u8]) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
         let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
         collect_objects(value, &mut services, &mut slices, &mut nodes, 0);
+        // The conversion every source does on arrival.
+        let (services, slices) = objects::from_api(services, slices);
         for (config, facts) in picked {
             plan_and_render(&services, &slices, &nodes, config, facts);
         }
@@ -291,8 +293,8 @@ fn collect_objects(
 }
 
 fn plan_and_render(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[ServiceObject],
+    slices: &[SliceObject],
     nodes: &[Node],
     config: &PlanConfig,
     facts: &NodeFacts,

@@ -31,13 +31,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use netlink::Protocol;
 use netlink::conntrack::Entry;
 
 use crate::model::manifests::ObjectRefs;
-use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions};
+use crate::model::{Model, ModelOptions, ServiceObject, SliceObject};
 
 /// `IPPROTO_UDP` as conntrack tuples carry it.
 const UDP: u8 = 17;
@@ -97,16 +95,11 @@ impl UdpServing {
     /// From the objects: only the Services with a UDP port (and their slices) are modelled,
     /// so the cost follows the number of UDP Services, not the cluster's size.
     pub fn of_objects(objects: ObjectRefs<'_>, options: &ModelOptions) -> Self {
-        let udp: Vec<&core::Service> = objects
+        let udp: Vec<&ServiceObject> = objects
             .services
             .iter()
             .copied()
-            .filter(|s| {
-                s.spec
-                    .as_ref()
-                    .and_then(|spec| spec.ports.as_ref())
-                    .is_some_and(|ports| ports.iter().any(|p| p.protocol.as_deref() == Some("UDP")))
-            })
+            .filter(|s| s.has_udp_port())
             .collect();
         if udp.is_empty() {
             return Self::default();
@@ -115,27 +108,21 @@ impl UdpServing {
             .iter()
             .filter_map(|s| {
                 Some((
-                    s.metadata.namespace.as_deref().unwrap_or("default"),
+                    s.metadata.namespace_or_default(),
                     s.metadata.name.as_deref()?,
                 ))
             })
             .collect();
-        let slices: Vec<&discovery::EndpointSlice> = objects
+        let slices: Vec<&SliceObject> = objects
             .endpoint_slices
             .iter()
             .copied()
             .filter(|e| {
-                let service = e
-                    .metadata
+                e.metadata
                     .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_SERVICE_NAME));
-                service.is_some_and(|name| {
-                    names.contains(&(
-                        e.metadata.namespace.as_deref().unwrap_or("default"),
-                        name.as_str(),
-                    ))
-                })
+                    .service_name
+                    .as_deref()
+                    .is_some_and(|name| names.contains(&(e.metadata.namespace_or_default(), name)))
             })
             .collect();
         let (model, _) = Model::build_refs(&udp, &slices, objects.nodes, options);

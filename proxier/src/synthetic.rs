@@ -1,5 +1,7 @@
 //! Synthetic clusters for benchmarks: `count` Services with one TCP port each and one
-//! EndpointSlice of `endpoints` ready endpoints each, as API objects. Shared by the planner
+//! EndpointSlice of `endpoints` ready endpoints each, built as API objects and kept in the
+//! compact form the daemon's store keeps (each converted as soon as it is built, as the
+//! sources do). Shared by the planner
 //! bench (`proxier/benches/plan.rs`) and the sync bench (`tests/src/bin/sync-bench.rs`).
 //!
 //! Service `i` is `bench/svc-i` with ClusterIP `10.96.(i>>8).(i&255)`, port 80 -> 8080; its
@@ -14,6 +16,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{Interner, ServiceObject, SliceObject};
 
 /// Which Services get a node port or a load balancer (0 = none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +51,10 @@ pub fn ip(base: [u8; 2], n: u32) -> String {
 }
 
 /// The Services and their EndpointSlices (one per Service, same order).
-pub fn cluster(count: u32, endpoints: u32, mix: Mix) -> (Vec<Service>, Vec<EndpointSlice>) {
+pub fn cluster(count: u32, endpoints: u32, mix: Mix) -> (Vec<ServiceObject>, Vec<SliceObject>) {
     let mut services = Vec::with_capacity(count as usize);
     let mut slices = Vec::with_capacity(count as usize);
+    let mut interner = Interner::default();
     for i in 0..count {
         let name = format!("svc-{i}");
         let lb = Mix::every(mix.load_balancer_every, i);
@@ -57,7 +62,7 @@ pub fn cluster(count: u32, endpoints: u32, mix: Mix) -> (Vec<Service>, Vec<Endpo
             let step = mix.node_port_every.max(1);
             30000 + i32::try_from(i / step).unwrap_or(0)
         });
-        services.push(Service {
+        services.push(ServiceObject::from_api(Service {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some("bench".to_owned()),
@@ -91,36 +96,39 @@ pub fn cluster(count: u32, endpoints: u32, mix: Mix) -> (Vec<Service>, Vec<Endpo
                 }),
                 ..Default::default()
             }),
-        });
-        slices.push(EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-abcde")),
-                namespace: Some("bench".to_owned()),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/service-name".to_owned(),
-                    name,
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".to_owned(),
-            ports: Some(vec![EndpointPort {
-                name: Some(String::new()),
-                port: Some(8080),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
-            endpoints: (0..endpoints)
-                .map(|e| Endpoint {
-                    addresses: vec![ip([10, 244], i * endpoints + e)],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    node_name: Some(format!("node-{}", e % 5)),
+        }));
+        slices.push(SliceObject::from_api(
+            EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-abcde")),
+                    namespace: Some("bench".to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        "kubernetes.io/service-name".to_owned(),
+                        name,
+                    )])),
                     ..Default::default()
-                })
-                .collect(),
-        });
+                },
+                address_type: "IPv4".to_owned(),
+                ports: Some(vec![EndpointPort {
+                    name: Some(String::new()),
+                    port: Some(8080),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+                endpoints: (0..endpoints)
+                    .map(|e| Endpoint {
+                        addresses: vec![ip([10, 244], i * endpoints + e)],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            ..Default::default()
+                        }),
+                        node_name: Some(format!("node-{}", e % 5)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+            &mut interner,
+        ));
     }
     (services, slices)
 }

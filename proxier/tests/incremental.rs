@@ -13,10 +13,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ipvs_proxier::model::{ServiceName, parse_manifests};
+use ipvs_proxier::model::{ServiceObject as Service, SliceObject as EndpointSlice};
 use ipvs_proxier::plan::incremental::{PlanDelta, PlanState, group, service_unit, slice_unit};
 use ipvs_proxier::plan::{ConfigFile, NodeFacts, Plan, PlanConfig, plan_objects};
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use proptest::prelude::*;
 
 struct Case {
@@ -107,10 +107,7 @@ fn change(
             let mut s = pool.slices[rng.below(pool.slices.len())].clone();
             if rng.below(2) == 0 {
                 let n = names[rng.below(names.len())].clone();
-                s.metadata
-                    .labels
-                    .get_or_insert_default()
-                    .insert("kubernetes.io/service-name".into(), n);
+                s.metadata.labels.service_name = Some(n);
             }
             touched.insert(name(slice_unit(&s)));
             slices.push(s);
@@ -123,8 +120,7 @@ fn change(
             if rng.below(2) == 0 {
                 s.endpoints.pop();
             } else if let Some(e) = s.endpoints.first_mut() {
-                let c = e.conditions.get_or_insert_default();
-                c.ready = Some(!c.ready.unwrap_or(true));
+                e.ready = Some(!e.ready.unwrap_or(true));
             }
         }
         5 if !slices.is_empty() => {
@@ -132,15 +128,8 @@ fn change(
             let i = rng.below(slices.len());
             let s = &mut slices[i];
             touched.insert(name(slice_unit(s)));
-            let labels = s.metadata.labels.get_or_insert_default();
-            if rng.below(4) == 0 {
-                labels.remove("kubernetes.io/service-name");
-            } else {
-                labels.insert(
-                    "kubernetes.io/service-name".into(),
-                    names[rng.below(names.len())].clone(),
-                );
-            }
+            s.metadata.labels.service_name =
+                (rng.below(4) != 0).then(|| names[rng.below(names.len())].clone());
             touched.insert(name(slice_unit(s)));
         }
         6 if !services.is_empty() => {
@@ -151,13 +140,13 @@ fn change(
             let spec = s.spec.get_or_insert_default();
             match rng.below(3) {
                 0 => {
-                    if let Some(p) = spec.ports.as_mut().and_then(|p| p.first_mut()) {
+                    if let Some(p) = spec.ports.first_mut() {
                         p.port = [80, 443, 8080][rng.below(3)];
                     }
                 }
                 1 => {
                     spec.type_ = Some("NodePort".into());
-                    if let Some(p) = spec.ports.as_mut().and_then(|p| p.first_mut()) {
+                    if let Some(p) = spec.ports.first_mut() {
                         p.node_port = Some([30000, 30001, 31313][rng.below(3)]);
                     }
                 }
@@ -165,7 +154,7 @@ fn change(
                     if spec.cluster_ip.as_deref() != Some("None") {
                         let ip = ["10.96.0.10", "10.96.0.11", "10.96.0.12"][rng.below(3)];
                         spec.cluster_ip = Some(ip.into());
-                        spec.cluster_ips = Some(vec![ip.into()]);
+                        spec.cluster_ips = vec![ip.into()];
                     }
                 }
             }

@@ -8,14 +8,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ipvs_proxier::model::parse_manifests;
+use ipvs_proxier::model::{ServiceObject, SliceObject};
 use ipvs_proxier::plan::{ConfigFile, NodeFacts, Plan, PlanConfig, plan_objects};
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use proptest::prelude::*;
 
 struct Case {
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
+    services: Vec<ServiceObject>,
+    slices: Vec<SliceObject>,
     nodes: Vec<Node>,
     config: PlanConfig,
     facts: NodeFacts,
@@ -61,7 +61,7 @@ fn shuffle<T>(items: &mut [T], state: &mut u64) {
     }
 }
 
-fn plan(c: &Case, services: &[Service], slices: &[EndpointSlice], nodes: &[Node]) -> Plan {
+fn plan(c: &Case, services: &[ServiceObject], slices: &[SliceObject], nodes: &[Node]) -> Plan {
     plan_objects(services, slices, nodes, &c.config, &c.facts)
 }
 
@@ -84,8 +84,8 @@ proptest! {
         shuffle(&mut slices, &mut state);
         shuffle(&mut nodes, &mut state);
         for s in &mut services {
-            if let Some(ports) = s.spec.as_mut().and_then(|spec| spec.ports.as_mut()) {
-                shuffle(ports, &mut state);
+            if let Some(spec) = s.spec.as_mut() {
+                shuffle(&mut spec.ports, &mut state);
             }
         }
         let shuffled = plan(c, &services, &slices, &nodes);

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use ipvs_proxier::dataplane::canon::chains_up_to_date;
 use ipvs_proxier::model::manifests::Manifests;
+use ipvs_proxier::model::objects::RawAddress;
 use ipvs_proxier::plan::incremental::changed_units;
 use ipvs_proxier::plan::{Plan, render};
 use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
@@ -195,12 +196,11 @@ fn endpoint_and_service_changes_are_applied_exactly() {
         let i = slice(&mut objects, "myweb-svc-7x2lq");
         objects.endpoint_slices[i]
             .endpoints
-            .retain(|e| e.addresses != ["10.244.0.12"]);
+            .retain(|e| e.address != Some(RawAddress::parse("10.244.0.12")));
         // named-port-svc gains 10.244.0.22.
         let i = slice(&mut objects, "named-port-svc-p4q7s");
         let mut extra = objects.endpoint_slices[i].endpoints[0].clone();
-        extra.addresses = vec!["10.244.0.22".into()];
-        extra.target_ref = None;
+        extra.address = Some(RawAddress::parse("10.244.0.22"));
         objects.endpoint_slices[i].endpoints.push(extra);
         // sticky-svc is deleted.
         objects
@@ -294,7 +294,7 @@ fn incremental_syncs_equal_full_syncs() {
                     let i = slice(o, "myweb-svc-7x2lq");
                     o.endpoint_slices[i]
                         .endpoints
-                        .retain(|e| e.addresses != ["10.244.0.12"]);
+                        .retain(|e| e.address != Some(RawAddress::parse("10.244.0.12")));
                 }),
                 WriteCounts {
                     real_servers_deleted: 1,
@@ -306,8 +306,7 @@ fn incremental_syncs_equal_full_syncs() {
                 Box::new(move |o: &mut Manifests| {
                     let i = slice(o, "named-port-svc-p4q7s");
                     let mut extra = o.endpoint_slices[i].endpoints[0].clone();
-                    extra.addresses = vec!["10.244.0.22".into()];
-                    extra.target_ref = None;
+                    extra.address = Some(RawAddress::parse("10.244.0.22"));
                     o.endpoint_slices[i].endpoints.push(extra);
                 }),
                 WriteCounts {
@@ -328,18 +327,11 @@ fn incremental_syncs_equal_full_syncs() {
                     svc.metadata.name = Some("extra-svc".into());
                     let spec = svc.spec.as_mut().unwrap();
                     spec.cluster_ip = Some("10.96.0.77".into());
-                    spec.cluster_ips = Some(vec!["10.96.0.77".into()]);
+                    spec.cluster_ips = vec!["10.96.0.77".into()];
                     o.services.push(svc);
                     let mut es = o.endpoint_slices[slice(o, "myweb-svc-7x2lq")].clone();
                     es.metadata.name = Some("extra-svc-abcde".into());
-                    es.metadata.labels = Some(
-                        [(
-                            "kubernetes.io/service-name".to_owned(),
-                            "extra-svc".to_owned(),
-                        )]
-                        .into_iter()
-                        .collect(),
-                    );
+                    es.metadata.labels.service_name = Some("extra-svc".to_owned());
                     o.endpoint_slices.push(es);
                 }),
                 WriteCounts {

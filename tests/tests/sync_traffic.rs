@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipvs_proxier::model::manifests::Manifests;
+use ipvs_proxier::model::objects::RawAddress;
 use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
 use ipvs_proxier::sync::{Syncer, WriteCounts, manifests};
 use lab_tests::{in_fresh_netns, ipvsadm_save, require_lab, sh};
@@ -174,7 +175,9 @@ fn cluster_ip_traffic_rr_masquerade_and_graceful_drain() {
             .iter_mut()
             .find(|e| e.metadata.name.as_deref() == Some("myweb-svc-7x2lq"))
             .unwrap();
-        slice.endpoints.retain(|e| e.addresses != [busy.clone()]);
+        slice
+            .endpoints
+            .retain(|e| e.address != Some(RawAddress::parse(&busy)));
         let drain_started = Instant::now();
         let report = s.sync(&objects).await.unwrap();
         assert_eq!(report.failures, vec![]);
@@ -256,7 +259,7 @@ fn cluster_ip_traffic_rr_masquerade_and_graceful_drain() {
             .find(|e| e.metadata.name.as_deref() == Some("myweb-svc-7x2lq"))
             .unwrap()
             .endpoints
-            .retain(|e| e.addresses != [held_ip.to_owned()]);
+            .retain(|e| e.address != Some(RawAddress::parse(held_ip)));
         let removed = s.sync(&objects).await.unwrap();
         assert_eq!(
             removed.writes.real_servers_updated, 1,

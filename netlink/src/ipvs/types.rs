@@ -71,29 +71,52 @@ impl fmt::Display for SocketText {
 }
 
 /// A scheduler name such as `rr`, `wrr` or `mh` (`IP_VS_SCHEDNAME_MAXLEN` is 16 with the NUL).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Scheduler(String);
+///
+/// Kept inline (16 bytes, no heap allocation): every virtual server of the plan, of the
+/// kernel view and of a sync's operations carries one, 100,000s at scale. The NUL padding
+/// makes the derived order that of the names.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scheduler {
+    bytes: [u8; Scheduler::MAX_LEN],
+    len: u8,
+}
 
 impl Scheduler {
     pub const MAX_LEN: usize = 15;
 
     /// Accepts any name the kernel could know: 1..=15 ASCII letters, digits or `_`.
     pub fn new(name: &str) -> Result<Self, InvalidName> {
-        valid_kernel_name(name).map(|()| Self(name.to_owned()))
+        valid_kernel_name(name)?;
+        let mut bytes = [0; Self::MAX_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self {
+            bytes,
+            // At most MAX_LEN (checked above), so it fits.
+            len: name.len() as u8,
+        })
     }
 
     pub fn rr() -> Self {
-        Self("rr".to_owned())
+        let mut bytes = [0; Self::MAX_LEN];
+        bytes[..2].copy_from_slice(b"rr");
+        Self { bytes, len: 2 }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII is ever stored (`new` checks it), so this never falls back.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Scheduler").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -347,5 +370,29 @@ impl Table {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedulers_are_inline_and_ordered_as_their_names() {
+        let mut names = vec!["wrr", "rr", "mh", "rrr", "r", "sed", "wlc", "a_15_chars_long"];
+        let mut schedulers: Vec<Scheduler> = names
+            .iter()
+            .map(|n| Scheduler::new(n).unwrap())
+            .collect();
+        names.sort_unstable();
+        schedulers.sort();
+        let sorted: Vec<&str> = schedulers.iter().map(Scheduler::as_str).collect();
+        assert_eq!(sorted, names);
+        assert_eq!(Scheduler::rr(), Scheduler::new("rr").unwrap());
+        assert_eq!(format!("{:?} {}", Scheduler::rr(), Scheduler::rr()), "Scheduler(\"rr\") rr");
+        assert_eq!(std::mem::size_of::<Scheduler>(), 16);
+        for bad in ["", "sixteen_chars_xx", "w-rr", "é"] {
+            assert!(Scheduler::new(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -268,7 +268,7 @@ impl ProxierSettings {
         PlanConfig {
             node_name: self.node_name.clone(),
             families,
-            scheduler: self.scheduler.clone(),
+            scheduler: self.scheduler,
             masquerade_all: self.masquerade_all,
             masquerade_bit: self.masquerade_bit,
             local_detector: self.local_detector.clone(),

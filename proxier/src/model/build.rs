@@ -5,15 +5,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use netlink::{AddressFamily, Protocol};
 
+use super::objects::{Meta, RawAddress, ServiceObject, SliceObject, TargetPortObject};
 use super::{
-    DEFAULT_STICKY_SECONDS, Diagnostic, Endpoint, LABEL_HEADLESS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME, Model, NodeInfo, ObjectName, Service, ServiceName, ServicePort,
-    ServicePortName, SessionAffinity, TargetPort,
+    DEFAULT_STICKY_SECONDS, Diagnostic, Endpoint, Model, NodeInfo, ObjectName, Service,
+    ServiceName, ServicePort, ServicePortName, SessionAffinity, TargetPort,
 };
 
 /// What the model build needs to know about this proxier.
@@ -30,21 +27,21 @@ pub struct ModelOptions {
 impl Model {
     /// Builds the model. Never fails: unusable parts are left out and reported.
     pub fn build(
-        services: &[core::Service],
-        slices: &[discovery::EndpointSlice],
+        services: &[ServiceObject],
+        slices: &[SliceObject],
         nodes: &[core::Node],
         options: &ModelOptions,
     ) -> (Model, Vec<Diagnostic>) {
-        let services: Vec<&core::Service> = services.iter().collect();
-        let slices: Vec<&discovery::EndpointSlice> = slices.iter().collect();
+        let services: Vec<&ServiceObject> = services.iter().collect();
+        let slices: Vec<&SliceObject> = slices.iter().collect();
         Self::build_refs(&services, &slices, nodes, options)
     }
 
     /// [`Model::build`] over borrowed objects (the incremental planner builds one Service's
     /// model at a time from objects it does not own).
     pub fn build_refs(
-        services: &[&core::Service],
-        slices: &[&discovery::EndpointSlice],
+        services: &[&ServiceObject],
+        slices: &[&SliceObject],
         nodes: &[core::Node],
         options: &ModelOptions,
     ) -> (Model, Vec<Diagnostic>) {
@@ -93,39 +90,34 @@ impl Model {
 }
 
 /// The informers' label selector: no foreign proxy name, and no headless-service slices.
-fn ours(meta: &ObjectMeta, options: &ModelOptions) -> bool {
-    let Some(labels) = &meta.labels else {
-        return true;
-    };
-    if labels.contains_key(LABEL_HEADLESS) {
+fn ours(meta: &Meta, options: &ModelOptions) -> bool {
+    if meta.labels.headless {
         return false;
     }
-    match labels.get(LABEL_SERVICE_PROXY_NAME) {
+    match &meta.labels.service_proxy_name {
         None => true,
         Some(v) => options.service_proxy_name.as_deref() == Some(v.as_str()),
     }
 }
 
-fn object_name(kind: &'static str, meta: &ObjectMeta) -> ObjectName {
+fn object_name(kind: &'static str, meta: &Meta) -> ObjectName {
     ObjectName {
         kind,
         // kubectl's default; manifests often leave it out.
-        namespace: meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
+        namespace: meta.namespace_or_default().to_owned(),
         name: meta.name.clone().unwrap_or_default(),
     }
 }
 
-/// Indexes objects by namespace/name, sorted. On a duplicate, keeps the copy whose JSON
-/// sorts first, so the result does not depend on input order.
+/// Indexes objects by namespace/name, sorted. On a duplicate, keeps the copy that sorts
+/// first (by its fields, in declaration order), so the result does not depend on input
+/// order.
 ///
 /// A sorted `Vec` rather than a `BTreeMap`: one sort of 10,000 names costs a fraction of
 /// 10,000 tree insertions with string keys.
-fn dedup_by_name<'a, T: serde::Serialize>(
+fn dedup_by_name<'a, T: Ord>(
     objects: &[&'a T],
-    meta: impl Fn(&T) -> &ObjectMeta,
+    meta: impl Fn(&T) -> &Meta,
     kind: &'static str,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<(ObjectName, &'a T)> {
@@ -141,9 +133,7 @@ fn dedup_by_name<'a, T: serde::Serialize>(
         match out.last_mut() {
             Some((kept_name, kept)) if *kept_name == name => {
                 diags.push(Diagnostic::DuplicateObject { object: name });
-                let new = serde_json::to_string(o).unwrap_or_default();
-                let old = serde_json::to_string(*kept).unwrap_or_default();
-                if new < old {
+                if o < *kept {
                     *kept = o;
                 }
             }
@@ -159,7 +149,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 
 fn convert_service(
     object: &ObjectName,
-    svc: &core::Service,
+    svc: &ServiceObject,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Service> {
     let spec = svc.spec.as_ref()?;
@@ -167,9 +157,10 @@ fn convert_service(
     if type_ == "ExternalName" {
         return None;
     }
-    let raw_cluster_ips: Vec<&str> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    let raw_cluster_ips: Vec<&str> = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.as_deref().into_iter().collect()
+    } else {
+        spec.cluster_ips.iter().map(String::as_str).collect()
     };
     // Headless: upstream `IsServiceIPSet` looks at the primary cluster IP only.
     match raw_cluster_ips.first() {
@@ -197,18 +188,13 @@ fn convert_service(
     let cluster_ips = parse_list("spec.clusterIPs", &mut raw_cluster_ips.iter().copied());
     let external_ips = parse_list(
         "spec.externalIPs",
-        &mut spec.external_ips.iter().flatten().map(String::as_str),
+        &mut spec.external_ips.iter().map(String::as_str),
     );
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
     let load_balancer_ips = parse_list(
         "status.loadBalancer.ingress.ip",
-        &mut ingress
-            .into_iter()
-            .flatten()
+        &mut svc
+            .load_balancer_ingress
+            .iter()
             // `ipMode: Proxy` load balancers deliver to the node, not to the VIP.
             .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
             .filter_map(|i| i.ip.as_deref())
@@ -218,7 +204,7 @@ fn convert_service(
         return None;
     }
     let mut load_balancer_source_ranges = Vec::new();
-    for r in spec.load_balancer_source_ranges.iter().flatten() {
+    for r in &spec.load_balancer_source_ranges {
         // Validation lets whitespace through; upstream trims too.
         match r.trim().parse::<IpNet>() {
             Ok(net) => load_balancer_source_ranges.push(net.trunc()),
@@ -232,18 +218,13 @@ fn convert_service(
 
     let externally_accessible = type_ == "LoadBalancer"
         || type_ == "NodePort"
-        || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|e| !e.is_empty()));
+        || (type_ == "ClusterIP" && !spec.external_ips.is_empty());
     let external_policy_local =
         externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
 
     let session_affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let raw = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds);
-        let timeout_seconds = match raw {
+        let timeout_seconds = match spec.session_affinity_timeout {
             None => DEFAULT_STICKY_SECONDS,
             Some(t) if (1..=86400).contains(&t) => t.unsigned_abs(),
             Some(t) => {
@@ -274,7 +255,7 @@ fn convert_service(
     };
 
     let mut ports = Vec::new();
-    for p in spec.ports.iter().flatten() {
+    for p in &spec.ports {
         let port_name = p.name.clone().unwrap_or_default();
         let Some(protocol) = protocol(p.protocol.as_deref(), object, &port_name, diags) else {
             continue;
@@ -291,8 +272,8 @@ fn convert_service(
         };
         let target_port = match &p.target_port {
             None => None,
-            Some(IntOrString::Int(n)) => u16::try_from(*n).ok().map(TargetPort::Number),
-            Some(IntOrString::String(s)) => Some(TargetPort::Name(s.clone())),
+            Some(TargetPortObject::Number(n)) => u16::try_from(*n).ok().map(TargetPort::Number),
+            Some(TargetPortObject::Name(s)) => Some(TargetPort::Name(s.clone())),
         };
         ports.push(ServicePort {
             name: ServicePortName {
@@ -369,7 +350,7 @@ type Collected<'a> = BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), (Endpoint
 
 fn add_slice<'a>(
     object: &'a ObjectName,
-    slice: &discovery::EndpointSlice,
+    slice: &SliceObject,
     options: &ModelOptions,
     seen_services: &BTreeSet<(&str, &str)>,
     collected: &mut Collected<'a>,
@@ -381,8 +362,8 @@ fn add_slice<'a>(
     let Some(service_name) = slice
         .metadata
         .labels
+        .service_name
         .as_ref()
-        .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .filter(|n| !n.is_empty())
     else {
         diags.push(Diagnostic::SliceWithoutServiceLabel {
@@ -414,7 +395,7 @@ fn add_slice<'a>(
     }
 
     let mut ports = Vec::new();
-    for p in slice.ports.iter().flatten() {
+    for p in &slice.ports {
         let Some(name) = &p.name else {
             diags.push(Diagnostic::SlicePortWithoutName {
                 slice: object.clone(),
@@ -444,17 +425,18 @@ fn add_slice<'a>(
     // last one: most slices have a single port).
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
-        // Like upstream, only the first address counts.
-        let Some(raw) = ep.addresses.first() else {
-            continue;
-        };
-        let Some(addr) = parse_ip(raw) else {
-            diags.push(Diagnostic::InvalidAddress {
-                object: object.clone(),
-                field: "endpoints.addresses",
-                value: raw.clone(),
-            });
-            continue;
+        // Like upstream, only the first address counts (the only one stored).
+        let addr = match &ep.address {
+            None => continue,
+            Some(RawAddress::Ip(addr)) => *addr,
+            Some(RawAddress::Invalid(raw)) => {
+                diags.push(Diagnostic::InvalidAddress {
+                    object: object.clone(),
+                    field: "endpoints.addresses",
+                    value: raw.to_string(),
+                });
+                continue;
+            }
         };
         if AddressFamily::of(&addr) != family {
             diags.push(Diagnostic::EndpointWrongFamily {
@@ -463,28 +445,21 @@ fn add_slice<'a>(
             });
             continue;
         }
-        let cond = ep.conditions.as_ref();
-        let hints = ep.hints.as_ref();
+        let hints = ep.hints.as_deref();
         endpoints.push(Endpoint {
             addr,
             port: 0,
-            ready: cond.and_then(|c| c.ready).unwrap_or(true),
-            serving: cond.and_then(|c| c.serving).unwrap_or(true),
-            terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+            ready: ep.ready.unwrap_or(true),
+            serving: ep.serving.unwrap_or(true),
+            terminating: ep.terminating.unwrap_or(false),
             node_name: ep.node_name.clone(),
             zone: ep.zone.clone(),
             zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect(),
+                .map(|h| h.for_zones.iter().cloned().collect())
+                .unwrap_or_default(),
             node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect(),
+                .map(|h| h.for_nodes.iter().cloned().collect())
+                .unwrap_or_default(),
         });
     }
 

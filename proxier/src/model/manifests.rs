@@ -10,12 +10,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 use super::Diagnostic;
+use super::objects::{Interner, ServiceObject, SliceObject};
 
-/// The objects found in a manifest stream.
+/// The objects found in a manifest stream (Services and slices in their compact form).
 #[derive(Debug, Clone, Default)]
 pub struct Manifests {
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub services: Vec<ServiceObject>,
+    pub endpoint_slices: Vec<SliceObject>,
     pub nodes: Vec<Node>,
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -24,8 +25,8 @@ pub struct Manifests {
 /// store's objects this way instead of copying them for every sync).
 #[derive(Debug, Clone, Copy)]
 pub struct ObjectRefs<'a> {
-    pub services: &'a [&'a Service],
-    pub endpoint_slices: &'a [&'a EndpointSlice],
+    pub services: &'a [&'a ServiceObject],
+    pub endpoint_slices: &'a [&'a SliceObject],
     pub nodes: &'a [Node],
     /// How many diagnostics reading the objects gave (reported with the planner's).
     pub diagnostics: usize,
@@ -35,8 +36,8 @@ impl Manifests {
     /// These objects as [`ObjectRefs`], given references to the services and slices.
     pub fn refs<'a>(
         &'a self,
-        services: &'a [&'a Service],
-        endpoint_slices: &'a [&'a EndpointSlice],
+        services: &'a [&'a ServiceObject],
+        endpoint_slices: &'a [&'a SliceObject],
     ) -> ObjectRefs<'a> {
         ObjectRefs {
             services,
@@ -50,9 +51,10 @@ impl Manifests {
 /// Parses every document of `text`.
 pub fn parse_manifests(text: &str) -> Manifests {
     let mut out = Manifests::default();
+    let mut interner = Interner::default();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match serde_yaml::Value::deserialize(document) {
-            Ok(value) => add_value(&mut out, index, value),
+            Ok(value) => add_value(&mut out, &mut interner, index, value),
             Err(e) => {
                 out.diagnostics.push(Diagnostic::UndecodableDocument {
                     document: index,
@@ -67,7 +69,7 @@ pub fn parse_manifests(text: &str) -> Manifests {
     out
 }
 
-fn add_value(out: &mut Manifests, index: usize, value: serde_yaml::Value) {
+fn add_value(out: &mut Manifests, interner: &mut Interner, index: usize, value: serde_yaml::Value) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
@@ -88,15 +90,15 @@ fn add_value(out: &mut Manifests, index: usize, value: serde_yaml::Value) {
     let api_version = text_field("apiVersion");
     let kind = text_field("kind");
     let decoded = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => serde_yaml::from_value(value).map(|s| out.services.push(s)),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            serde_yaml::from_value(value).map(|s| out.endpoint_slices.push(s))
-        }
+        ("v1", "Service") => serde_yaml::from_value::<Service>(value)
+            .map(|s| out.services.push(ServiceObject::from_api(s))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value)
+            .map(|s| out.endpoint_slices.push(SliceObject::from_api(s, interner))),
         ("v1", "Node") => serde_yaml::from_value(value).map(|n| out.nodes.push(n)),
         ("v1", "List") => {
             if let Some(items) = value.get("items").and_then(serde_yaml::Value::as_sequence) {
                 for item in items.clone() {
-                    add_value(out, index, item);
+                    add_value(out, interner, index, item);
                 }
             }
             Ok(())

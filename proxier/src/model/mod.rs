@@ -1,5 +1,6 @@
 //! The proxier's view of the cluster: service ports and their endpoints, built from
-//! `k8s-openapi` Services, EndpointSlices (discovery/v1) and Nodes.
+//! Services and EndpointSlices (discovery/v1) in their compact stored form
+//! ([`objects`]) and from `k8s-openapi` Nodes.
 //!
 //! This module owns the translation from API objects to plain values and every check on
 //! them that upstream kube-proxy does when it fills its `ServicePortMap` / `EndpointsMap`
@@ -16,10 +17,12 @@
 mod build;
 mod diagnostics;
 pub mod manifests;
+pub mod objects;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use netlink::Protocol;
@@ -27,6 +30,7 @@ use netlink::Protocol;
 pub use build::ModelOptions;
 pub use diagnostics::{Diagnostic, ObjectName, Severity};
 pub use manifests::{Manifests, parse_manifests};
+pub use objects::{Interner, ServiceObject, SliceObject};
 
 /// Label that hands a Service (and its EndpointSlices) to a non-default proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -138,8 +142,9 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating`, nil = false.
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    /// Shared with the stored object (see [`objects::Interner`]).
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     /// `hints.forZones[].name`; empty = no zone hint.
     pub zone_hints: BTreeSet<String>,
     /// `hints.forNodes[].name`; empty = no node hint.

@@ -25,7 +25,6 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use netlink::Protocol;
 use netlink::ipset::Member;
 use netlink::ipvs::ServiceKey;
@@ -34,55 +33,45 @@ use super::{
     FamilyParts, HealthCheck, NodeFacts, Plan, PlanConfig, SetName, iptables, plan_objects_refs,
     plan_parts, rule_inputs,
 };
-use crate::model::{Diagnostic, LABEL_SERVICE_NAME, Model, NodeInfo, ServiceName};
+use crate::model::{Diagnostic, Model, NodeInfo, ServiceName, ServiceObject, SliceObject};
 
 /// The objects of one unit, borrowed from the caller's collection.
 #[derive(Debug, Default)]
 pub struct UnitObjects<'a> {
-    pub services: Vec<&'a core::Service>,
-    pub slices: Vec<&'a discovery::EndpointSlice>,
-}
-
-/// The namespace the model gives an object without one (kubectl's default).
-fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.namespace.as_deref().unwrap_or("default")
+    pub services: Vec<&'a ServiceObject>,
+    pub slices: Vec<&'a SliceObject>,
 }
 
 /// The unit of a Service: its namespace and name.
-pub fn service_unit(svc: &core::Service) -> (&str, &str) {
+pub fn service_unit(svc: &ServiceObject) -> (&str, &str) {
     (
-        namespace(&svc.metadata),
+        svc.metadata.namespace_or_default(),
         svc.metadata.name.as_deref().unwrap_or_default(),
     )
 }
 
 /// The unit of an EndpointSlice: its namespace and the Service its label names ("" if none).
-pub fn slice_unit(slice: &discovery::EndpointSlice) -> (&str, &str) {
-    let name = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        .map_or("", String::as_str);
-    (namespace(&slice.metadata), name)
+pub fn slice_unit(slice: &SliceObject) -> (&str, &str) {
+    let name = slice.metadata.labels.service_name.as_deref().unwrap_or("");
+    (slice.metadata.namespace_or_default(), name)
 }
 
 /// Groups `services` and `slices` by unit, keeping only the units `wanted` accepts.
-pub fn group<'a, S: Borrow<core::Service>, E: Borrow<discovery::EndpointSlice>>(
+pub fn group<'a, S: Borrow<ServiceObject>, E: Borrow<SliceObject>>(
     services: &'a [S],
     slices: &'a [E],
     mut wanted: impl FnMut((&str, &str)) -> bool,
 ) -> BTreeMap<(&'a str, &'a str), UnitObjects<'a>> {
     let mut units: BTreeMap<(&str, &str), UnitObjects<'a>> = BTreeMap::new();
     for s in services {
-        let s: &'a core::Service = s.borrow();
+        let s: &'a ServiceObject = s.borrow();
         let key = service_unit(s);
         if wanted(key) {
             units.entry(key).or_default().services.push(s);
         }
     }
     for s in slices {
-        let s: &'a discovery::EndpointSlice = s.borrow();
+        let s: &'a SliceObject = s.borrow();
         let key = slice_unit(s);
         if wanted(key) {
             units.entry(key).or_default().slices.push(s);
@@ -169,9 +158,9 @@ pub struct PlanState {
     plan: Plan,
 }
 
-fn slice_hash(slice: &discovery::EndpointSlice) -> u64 {
+fn slice_hash(slice: &SliceObject) -> u64 {
     let mut h = DefaultHasher::new();
-    namespace(&slice.metadata).hash(&mut h);
+    slice.metadata.namespace_or_default().hash(&mut h);
     slice
         .metadata
         .name
@@ -191,7 +180,7 @@ fn unit_name((namespace, name): (&str, &str)) -> ServiceName {
 impl PlanState {
     /// Plans every object, unit by unit (or as a whole when two units clash). Takes owned
     /// or borrowed objects.
-    pub fn build<S: Borrow<core::Service>, E: Borrow<discovery::EndpointSlice>>(
+    pub fn build<S: Borrow<ServiceObject>, E: Borrow<SliceObject>>(
         services: &[S],
         slices: &[E],
         nodes: &[core::Node],
@@ -243,9 +232,8 @@ impl PlanState {
         }
         if state.clashed {
             state.units.clear();
-            let services: Vec<&core::Service> = services.iter().map(Borrow::borrow).collect();
-            let slices: Vec<&discovery::EndpointSlice> =
-                slices.iter().map(Borrow::borrow).collect();
+            let services: Vec<&ServiceObject> = services.iter().map(Borrow::borrow).collect();
+            let slices: Vec<&SliceObject> = slices.iter().map(Borrow::borrow).collect();
             state.plan = plan_objects_refs(&services, &slices, nodes, config, facts);
             state.real_servers = state
                 .plan
@@ -533,19 +521,22 @@ fn our_node(nodes: &[core::Node], config: &PlanConfig) -> (Option<NodeInfo>, Vec
 
 /// The units whose objects differ between two collections (added, removed or changed), for
 /// callers that hold whole collections rather than a change feed (tests, benches).
-pub fn changed_units(
-    old: (&[core::Service], &[discovery::EndpointSlice]),
-    new: (&[core::Service], &[discovery::EndpointSlice]),
+pub fn changed_units<'a>(
+    old: (&'a [ServiceObject], &'a [SliceObject]),
+    new: (&'a [ServiceObject], &'a [SliceObject]),
 ) -> BTreeSet<ServiceName> {
-    let objects = |(services, slices): (&[core::Service], &[discovery::EndpointSlice])| {
-        let mut out: BTreeSet<(ServiceName, String)> = BTreeSet::new();
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Object<'a> {
+        Service(&'a ServiceObject),
+        Slice(&'a SliceObject),
+    }
+    let objects = |(services, slices): (&'a [ServiceObject], &'a [SliceObject])| {
+        let mut out: BTreeSet<(ServiceName, Object<'a>)> = BTreeSet::new();
         for s in services {
-            let json = serde_json::to_string(s).unwrap_or_default();
-            out.insert((unit_name(service_unit(s)), format!("Service {json}")));
+            out.insert((unit_name(service_unit(s)), Object::Service(s)));
         }
         for s in slices {
-            let json = serde_json::to_string(s).unwrap_or_default();
-            out.insert((unit_name(slice_unit(s)), format!("EndpointSlice {json}")));
+            out.insert((unit_name(slice_unit(s)), Object::Slice(s)));
         }
         out
     };

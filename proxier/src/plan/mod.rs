@@ -138,8 +138,8 @@ impl Plan {
 
 /// Builds the model from API objects and plans it; model and plan diagnostics are merged.
 pub fn plan_objects(
-    services: &[k8s_openapi::api::core::v1::Service],
-    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    services: &[crate::model::ServiceObject],
+    slices: &[crate::model::SliceObject],
     nodes: &[k8s_openapi::api::core::v1::Node],
     config: &PlanConfig,
     facts: &NodeFacts,
@@ -151,8 +151,8 @@ pub fn plan_objects(
 
 /// [`plan_objects`] over borrowed objects.
 pub fn plan_objects_refs(
-    services: &[&k8s_openapi::api::core::v1::Service],
-    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    services: &[&crate::model::ServiceObject],
+    slices: &[&crate::model::SliceObject],
     nodes: &[k8s_openapi::api::core::v1::Node],
     config: &PlanConfig,
     facts: &NodeFacts,
@@ -693,7 +693,7 @@ impl<'a> FamilyPlanner<'a> {
                     v.insert(spn);
                 }
             }
-            let mut service = IpvsService::new(key, self.config.scheduler.clone());
+            let mut service = IpvsService::new(key, self.config.scheduler);
             service.flags = ServiceFlags(flags);
             service.timeout = timeout;
             let mut vs = VirtualServer::new(service);

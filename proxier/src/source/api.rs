@@ -11,6 +11,10 @@
 //! doubling to 30 s, as client-go's reflector). Errors are logged and never touch the
 //! store. A re-list is buffered from `Init` to `InitDone` and swapped in at once, so
 //! objects deleted while we were not watching disappear and nothing is emptied meanwhile.
+//!
+//! Every Service and EndpointSlice is converted to its compact form
+//! ([`crate::model::objects`]) as it arrives, re-list buffer included: the API objects are
+//! never held beyond their event.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,7 +30,10 @@ use serde::de::DeserializeOwned;
 
 use super::{ObjectKey, Objects, Source, SourceError, SourceOptions};
 use crate::config::ApiSettings;
-use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
+use crate::model::objects::Meta;
+use crate::model::{
+    Interner, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ServiceObject, SliceObject,
+};
 
 /// Builds a client as kube-proxy does (client-go's `BuildConfigFromFlags`): the kubeconfig
 /// file if given, with `--master` overriding its server; `--master` alone (no credentials);
@@ -109,17 +116,23 @@ pub fn start(client: Client, options: &SourceOptions) -> Source {
         watcher::Config::default().labels(&service_selector(proxy_name)),
         objects.clone(),
         Handlers {
+            convert: ServiceObject::from_api,
+            key: |s: &ServiceObject| ObjectKey::of(&s.metadata),
             apply: Objects::apply_service,
             delete: Objects::delete_service,
             replace: Objects::replace_services,
             listed: Objects::mark_services_listed,
         },
     ));
+    // Node names and zones are shared across the slices this watch converts.
+    let mut interner = Interner::default();
     let slices = tokio::spawn(watch(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(&endpoint_slice_selector(proxy_name)),
         objects.clone(),
         Handlers {
+            convert: move |s| SliceObject::from_api(s, &mut interner),
+            key: |s: &SliceObject| ObjectKey::of(&s.metadata),
             apply: Objects::apply_slice,
             delete: Objects::delete_slice,
             replace: Objects::replace_slices,
@@ -131,6 +144,14 @@ pub fn start(client: Client, options: &SourceOptions) -> Source {
         watcher::Config::default().fields(&format!("metadata.name={}", options.node_name)),
         objects.clone(),
         Handlers {
+            convert: |node: Node| node,
+            key: |n: &Node| {
+                let name = n.metadata.name.clone()?;
+                Some(ObjectKey {
+                    namespace: String::new(),
+                    name,
+                })
+            },
             apply: |o, node| o.set_node(Some(node)),
             delete: |o, _| o.set_node(None),
             replace: |o, nodes| o.set_node(nodes.into_values().next()),
@@ -140,28 +161,39 @@ pub fn start(client: Client, options: &SourceOptions) -> Source {
     Source::new(objects, vec![services, slices, node])
 }
 
-/// What a watch of one kind does with its events.
-struct Handlers<K> {
-    apply: fn(&Objects, K),
-    delete: fn(&Objects, &K),
-    replace: fn(&Objects, BTreeMap<ObjectKey, K>),
+/// What a watch of one kind does with its events: `convert` turns the API object into the
+/// stored form `T`, `key` names a stored object.
+struct Handlers<T, C> {
+    convert: C,
+    key: fn(&T) -> Option<ObjectKey>,
+    apply: fn(&Objects, T),
+    delete: fn(&Objects, &ObjectKey),
+    replace: fn(&Objects, BTreeMap<ObjectKey, T>),
     listed: fn(&Objects),
 }
 
-async fn watch<K>(api: Api<K>, config: watcher::Config, objects: Objects, handlers: Handlers<K>)
-where
+async fn watch<K, T, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    objects: Objects,
+    mut handlers: Handlers<T, C>,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    C: FnMut(K) -> T,
 {
     let kind = K::kind(&());
     let mut events = pin!(watcher::watcher(api, config).default_backoff());
     // `Some` between `Init` and `InitDone`: the re-list being collected.
-    let mut relist: Option<BTreeMap<ObjectKey, K>> = None;
+    let mut relist: Option<BTreeMap<ObjectKey, T>> = None;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => relist = Some(BTreeMap::new()),
             Ok(Event::InitApply(obj)) => {
-                if let (Some(buffer), Some(key)) = (relist.as_mut(), ObjectKey::of(obj.meta())) {
-                    buffer.insert(key, obj);
+                if let Some(buffer) = relist.as_mut() {
+                    let obj = (handlers.convert)(obj);
+                    if let Some(key) = (handlers.key)(&obj) {
+                        buffer.insert(key, obj);
+                    }
                 }
             }
             Ok(Event::InitDone) => {
@@ -175,11 +207,19 @@ where
             }
             Ok(Event::Apply(obj)) => {
                 tracing::trace!(kind = %kind, name = ?obj.meta().name, "applied");
-                (handlers.apply)(&objects, obj);
+                (handlers.apply)(&objects, (handlers.convert)(obj));
             }
             Ok(Event::Delete(obj)) => {
                 tracing::trace!(kind = %kind, name = ?obj.meta().name, "deleted");
-                (handlers.delete)(&objects, &obj);
+                let meta = obj.meta();
+                let key = ObjectKey::of(&Meta {
+                    namespace: meta.namespace.clone(),
+                    name: meta.name.clone(),
+                    ..Meta::default()
+                });
+                if let Some(key) = key {
+                    (handlers.delete)(&objects, &key);
+                }
             }
             Err(error) => {
                 tracing::warn!(

@@ -24,9 +24,9 @@ use std::path::PathBuf;
 
 use tokio::task::JoinHandle;
 
+pub use crate::model::objects::{LAST_CHANGE_TRIGGER_TIME, parse_trigger_time};
 pub use store::{
-    Changes, LAST_CHANGE_TRIGGER_TIME, ObjectKey, Objects, Pending, Snapshot, TriggerTime, Update,
-    parse_trigger_time, slice_trigger_time,
+    Changes, ObjectKey, Objects, Pending, Snapshot, TriggerTime, Update, slice_trigger_time,
 };
 
 use crate::config;

@@ -9,13 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Node;
 use netlink::AddressFamily;
 use tokio::sync::watch;
 
-use crate::model::{LABEL_SERVICE_NAME, Model, ModelOptions, ServiceName};
+use crate::model::objects::Meta;
+use crate::model::{Model, ModelOptions, ServiceName, ServiceObject, SliceObject};
 
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,20 +24,22 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
-    /// The key of an object; `None` if it has no name (the API never sends one).
-    pub fn of(meta: &ObjectMeta) -> Option<Self> {
+    /// The key of an object; `None` if it has no name (the API never sends one). Without a
+    /// namespace (manifests may leave it out) it is `default`, as the model names it.
+    pub fn of(meta: &Meta) -> Option<Self> {
         Some(Self {
-            namespace: meta.namespace.clone().unwrap_or_default(),
+            namespace: meta.namespace_or_default().to_owned(),
             name: meta.name.clone()?,
         })
     }
 }
 
-/// The objects the proxier acts on, as last seen.
+/// The objects the proxier acts on, as last seen (in their compact form: only what the
+/// model reads).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub services: BTreeMap<ObjectKey, ServiceObject>,
+    pub endpoint_slices: BTreeMap<ObjectKey, SliceObject>,
     /// Our own Node, once seen (topology labels, pod CIDRs).
     pub node: Option<Node>,
 }
@@ -46,10 +47,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// [`Model::build`] over the whole snapshot.
     pub fn build_model(&self, options: &ModelOptions) -> (Model, Vec<crate::model::Diagnostic>) {
-        let services: Vec<Service> = self.services.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self.endpoint_slices.values().cloned().collect();
-        let nodes: Vec<Node> = self.node.iter().cloned().collect();
-        Model::build(&services, &slices, &nodes, options)
+        let services: Vec<&ServiceObject> = self.services.values().collect();
+        let slices: Vec<&SliceObject> = self.endpoint_slices.values().collect();
+        Model::build_refs(&services, &slices, self.node.as_slice(), options)
     }
 }
 
@@ -74,39 +74,22 @@ pub struct Changes {
 }
 
 /// When the change a slice event carries was triggered (its
-/// [`LAST_CHANGE_TRIGGER_TIME`] annotation), for the slice's family.
+/// [`crate::model::objects::LAST_CHANGE_TRIGGER_TIME`] annotation), for the slice's family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TriggerTime {
     pub family: AddressFamily,
     pub at: SystemTime,
 }
 
-/// Set by the EndpointSlice controller: when the change behind a slice update happened.
-pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-
-/// Parses a [`LAST_CHANGE_TRIGGER_TIME`] value (RFC 3339); `None` if malformed.
-pub fn parse_trigger_time(value: &str) -> Option<SystemTime> {
-    value
-        .trim()
-        .parse::<k8s_openapi::jiff::Timestamp>()
-        .ok()
-        .map(SystemTime::from)
-}
-
 /// A slice's trigger time, if it has a known family and a valid annotation later than
 /// `after` (upstream ignores triggers older than the proxier: they measure nothing it did).
-pub fn slice_trigger_time(slice: &EndpointSlice, after: SystemTime) -> Option<TriggerTime> {
+pub fn slice_trigger_time(slice: &SliceObject, after: SystemTime) -> Option<TriggerTime> {
     let family = match slice.address_type.as_str() {
         "IPv4" => AddressFamily::Inet,
         "IPv6" => AddressFamily::Inet6,
         _ => return None,
     };
-    let value = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(LAST_CHANGE_TRIGGER_TIME)?;
-    let at = parse_trigger_time(value).filter(|at| *at > after)?;
+    let at = slice.trigger_time.filter(|at| *at > after)?;
     Some(TriggerTime { family, at })
 }
 
@@ -131,8 +114,8 @@ impl Changes {
     /// One slice event that changed something: `old` before, `new` after (`None`: absent).
     fn slice_changed(
         &mut self,
-        old: Option<&EndpointSlice>,
-        new: Option<&EndpointSlice>,
+        old: Option<&SliceObject>,
+        new: Option<&SliceObject>,
         started: SystemTime,
     ) {
         self.services.extend(old.and_then(slice_service));
@@ -260,15 +243,12 @@ impl Objects {
     }
 
     /// Upserts a Service (a watch ADDED/MODIFIED event).
-    pub(crate) fn apply_service(&self, service: Service) {
+    pub(crate) fn apply_service(&self, service: ServiceObject) {
         let Some(key) = ObjectKey::of(&service.metadata) else {
             return;
         };
         self.write(|s, changes| {
-            let old = s.services.get(&key);
-            if old.is_some_and(|old| same_service(old, &service)) {
-                // Still store it: the new resourceVersion is what a later diff compares.
-                s.services.insert(key, service);
+            if s.services.get(&key) == Some(&service) {
                 return;
             }
             changes.service_changed(&key);
@@ -277,37 +257,32 @@ impl Objects {
     }
 
     /// Removes a Service (a watch DELETED event).
-    pub(crate) fn delete_service(&self, service: &Service) {
-        let Some(key) = ObjectKey::of(&service.metadata) else {
-            return;
-        };
+    pub(crate) fn delete_service(&self, key: &ObjectKey) {
         self.write(|s, changes| {
-            if s.services.remove(&key).is_some() {
-                changes.service_changed(&key);
+            if s.services.remove(key).is_some() {
+                changes.service_changed(key);
             }
         });
     }
 
-    pub(crate) fn apply_slice(&self, slice: EndpointSlice) {
+    pub(crate) fn apply_slice(&self, slice: SliceObject) {
         let Some(key) = ObjectKey::of(&slice.metadata) else {
             return;
         };
         let started = self.shared.started;
         self.write(|s, changes| {
             let old = s.endpoint_slices.get(&key);
-            if !old.is_some_and(|old| same_slice(old, &slice)) {
-                changes.slice_changed(old, Some(&slice), started);
+            if old == Some(&slice) {
+                return;
             }
+            changes.slice_changed(old, Some(&slice), started);
             s.endpoint_slices.insert(key, slice);
         });
     }
 
-    pub(crate) fn delete_slice(&self, slice: &EndpointSlice) {
-        let Some(key) = ObjectKey::of(&slice.metadata) else {
-            return;
-        };
+    pub(crate) fn delete_slice(&self, key: &ObjectKey) {
         self.write(|s, changes| {
-            if let Some(old) = s.endpoint_slices.remove(&key) {
+            if let Some(old) = s.endpoint_slices.remove(key) {
                 changes.slice_changed(Some(&old), None, SystemTime::UNIX_EPOCH);
             }
         });
@@ -322,19 +297,19 @@ impl Objects {
 
     /// Replaces every Service (a completed re-list): removed ones disappear, only real
     /// differences are reported.
-    pub(crate) fn replace_services(&self, services: BTreeMap<ObjectKey, Service>) {
+    pub(crate) fn replace_services(&self, services: BTreeMap<ObjectKey, ServiceObject>) {
         self.write(|s, changes| {
-            diff_maps(&s.services, &services, same_service, |k, _, _| {
+            diff_maps(&s.services, &services, |k, _, _| {
                 changes.service_changed(k);
             });
             s.services = services;
         });
     }
 
-    pub(crate) fn replace_slices(&self, slices: BTreeMap<ObjectKey, EndpointSlice>) {
+    pub(crate) fn replace_slices(&self, slices: BTreeMap<ObjectKey, SliceObject>) {
         let started = self.shared.started;
         self.write(|s, changes| {
-            diff_maps(&s.endpoint_slices, &slices, same_slice, |_, old, new| {
+            diff_maps(&s.endpoint_slices, &slices, |_, old, new| {
                 changes.slice_changed(old, new, started);
             });
             s.endpoint_slices = slices;
@@ -350,15 +325,12 @@ impl Objects {
         } = snapshot;
         let started = self.shared.started;
         self.write(|s, changes| {
-            diff_maps(&s.services, &services, same_service, |k, _, _| {
+            diff_maps(&s.services, &services, |k, _, _| {
                 changes.service_changed(k);
             });
-            diff_maps(
-                &s.endpoint_slices,
-                &endpoint_slices,
-                same_slice,
-                |_, old, new| changes.slice_changed(old, new, started),
-            );
+            diff_maps(&s.endpoint_slices, &endpoint_slices, |_, old, new| {
+                changes.slice_changed(old, new, started)
+            });
             changes.node |= !same_node(s.node.as_ref(), node.as_ref());
             s.services = services;
             s.endpoint_slices = endpoint_slices;
@@ -412,44 +384,24 @@ fn service_name(key: &ObjectKey) -> ServiceName {
     }
 }
 
-/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
-/// The Service a slice counts for; a slice without the label counts for the empty name of
-/// its namespace (the incremental planner's unit of label-less slices: their diagnostics).
-fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
-    let name = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        .cloned()
-        .unwrap_or_default();
+/// The Service a slice counts for, from its `kubernetes.io/service-name` label; a slice
+/// without the label counts for the empty name of its namespace (the incremental planner's
+/// unit of label-less slices: their diagnostics).
+fn slice_service(slice: &SliceObject) -> Option<ServiceName> {
     Some(ServiceName {
-        namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-        name,
+        namespace: slice.metadata.namespace_or_default().to_owned(),
+        name: slice
+            .metadata
+            .labels
+            .service_name
+            .clone()
+            .unwrap_or_default(),
     })
 }
 
-// "Same" below means: equal in everything the model reads. A new resourceVersion or
-// managedFields entry alone (status heartbeats, label-less metadata churn) is no change,
-// so it does not wake the sync engine.
-
-fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
-    a.name == b.name
-        && a.namespace == b.namespace
-        && a.labels == b.labels
-        && a.annotations == b.annotations
-}
-
-fn same_service(a: &Service, b: &Service) -> bool {
-    same_meta(&a.metadata, &b.metadata) && a.spec == b.spec && a.status == b.status
-}
-
-fn same_slice(a: &EndpointSlice, b: &EndpointSlice) -> bool {
-    same_meta(&a.metadata, &b.metadata)
-        && a.address_type == b.address_type
-        && a.endpoints == b.endpoints
-        && a.ports == b.ports
-}
+// Services and slices are "the same" when their compact forms are equal: those hold only
+// what the model reads, so a new resourceVersion or managedFields entry alone (status
+// heartbeats, metadata churn) is no change and does not wake the sync engine.
 
 /// kube-proxy reacts to Node label changes (topology); pod CIDRs feed the NodeCIDR local
 /// detector.
@@ -463,16 +415,15 @@ fn same_node(a: Option<&Node>, b: Option<&Node>) -> bool {
 
 /// Calls `changed` once for every key added, removed or different between `old` and `new`,
 /// with the object before and after (`None` where absent).
-fn diff_maps<T>(
+fn diff_maps<T: PartialEq>(
     old: &BTreeMap<ObjectKey, T>,
     new: &BTreeMap<ObjectKey, T>,
-    same: impl Fn(&T, &T) -> bool,
     mut changed: impl FnMut(&ObjectKey, Option<&T>, Option<&T>),
 ) {
     for (key, old_obj) in old {
         match new.get(key) {
             None => changed(key, Some(old_obj), None),
-            Some(new_obj) if !same(old_obj, new_obj) => changed(key, Some(old_obj), Some(new_obj)),
+            Some(new_obj) if old_obj != new_obj => changed(key, Some(old_obj), Some(new_obj)),
             Some(_) => {}
         }
     }
@@ -486,9 +437,14 @@ fn diff_maps<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LABEL_SERVICE_NAME;
+    use crate::model::objects::{Interner, LAST_CHANGE_TRIGGER_TIME, parse_trigger_time};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn svc(ns: &str, name: &str, rv: &str, ip: &str) -> Service {
-        Service {
+    fn svc(ns: &str, name: &str, rv: &str, ip: &str) -> ServiceObject {
+        ServiceObject::from_api(Service {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
                 name: Some(name.into()),
@@ -500,10 +456,21 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
+        })
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: ns.into(),
+            name: name.into(),
         }
     }
 
-    fn slice(ns: &str, name: &str, service: &str) -> EndpointSlice {
+    fn slice(ns: &str, name: &str, service: &str) -> SliceObject {
+        SliceObject::from_api(api_slice(ns, name, service), &mut Interner::default())
+    }
+
+    fn api_slice(ns: &str, name: &str, service: &str) -> EndpointSlice {
         EndpointSlice {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
@@ -540,14 +507,8 @@ mod tests {
         o.apply_service(svc("ns", "a", "2", "10.0.0.1"));
         assert_eq!(*rx.borrow(), 1);
         assert!(o.take().changes.is_empty());
-        assert_eq!(
-            o.snapshot()
-                .services
-                .values()
-                .next()
-                .and_then(|s| s.metadata.resource_version.clone()),
-            Some("2".to_owned())
-        );
+        let stored: Vec<ServiceObject> = o.snapshot().services.values().cloned().collect();
+        assert_eq!(stored, [svc("ns", "a", "2", "10.0.0.1")]);
     }
 
     #[test]
@@ -599,15 +560,16 @@ mod tests {
         let o = Objects::new();
         o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
         let held = o.snapshot();
-        o.delete_service(&svc("ns", "a", "2", "10.0.0.1"));
+        o.delete_service(&key("ns", "a"));
         assert_eq!(held.services.len(), 1);
         assert!(o.snapshot().services.is_empty());
     }
 
-    fn annotated(mut s: EndpointSlice, trigger: &str) -> EndpointSlice {
+    fn annotated(ns: &str, name: &str, service: &str, trigger: &str) -> SliceObject {
+        let mut s = api_slice(ns, name, service);
         s.metadata.annotations =
             Some([(LAST_CHANGE_TRIGGER_TIME.to_owned(), trigger.to_owned())].into());
-        s
+        SliceObject::from_api(s, &mut Interner::default())
     }
 
     fn secs(t: SystemTime) -> u64 {
@@ -634,7 +596,7 @@ mod tests {
     #[test]
     fn slice_trigger_time_needs_a_family_and_a_time_after_the_start() {
         let start = parse_trigger_time("2024-05-01T10:00:00Z").unwrap();
-        let s = annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:05Z");
+        let s = annotated("ns", "a-1", "a", "2024-05-01T10:00:05Z");
         let t = slice_trigger_time(&s, start).unwrap();
         assert_eq!((t.family, secs(t.at)), (AddressFamily::Inet, 1_714_557_605));
         let mut v6 = s.clone();
@@ -646,10 +608,10 @@ mod tests {
         let mut fqdn = s.clone();
         fqdn.address_type = "FQDN".into();
         assert_eq!(slice_trigger_time(&fqdn, start), None);
-        let old = annotated(slice("ns", "a-1", "a"), "2024-05-01T09:59:59Z");
+        let old = annotated("ns", "a-1", "a", "2024-05-01T09:59:59Z");
         assert_eq!(slice_trigger_time(&old, start), None);
         assert_eq!(slice_trigger_time(&slice("ns", "a-1", "a"), start), None);
-        let bad = annotated(slice("ns", "a-1", "a"), "soon");
+        let bad = annotated("ns", "a-1", "a", "soon");
         assert_eq!(slice_trigger_time(&bad, start), None);
     }
 
@@ -660,8 +622,8 @@ mod tests {
         o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
         o.apply_service(svc("ns", "a", "2", "10.0.0.2"));
         o.apply_service(svc("ns", "a", "3", "10.0.0.2")); // no change: not counted
-        o.apply_slice(annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:01Z"));
-        o.apply_slice(annotated(slice("ns", "a-1", "a"), "2024-05-01T10:00:01Z")); // same
+        o.apply_slice(annotated("ns", "a-1", "a", "2024-05-01T10:00:01Z"));
+        o.apply_slice(annotated("ns", "a-1", "a", "2024-05-01T10:00:01Z")); // same
         let pending = o.pending();
         assert_eq!(
             pending,
@@ -676,15 +638,15 @@ mod tests {
         assert_eq!(o.pending(), Pending::default());
 
         // Deletions count but carry no trigger time; re-lists count one per changed key.
-        o.delete_slice(&slice("ns", "a-1", "a"));
-        o.delete_service(&svc("ns", "a", "4", "10.0.0.2"));
+        o.delete_slice(&key("ns", "a-1"));
+        o.delete_service(&key("ns", "a"));
         o.replace_slices(
             [(
                 ObjectKey {
                     namespace: "ns".into(),
                     name: "b-1".into(),
                 },
-                annotated(slice("ns", "b-1", "b"), "2024-05-01T10:00:09Z"),
+                annotated("ns", "b-1", "b", "2024-05-01T10:00:09Z"),
             )]
             .into(),
         );

@@ -39,10 +39,12 @@ pub type FreshService = Option<(VirtualServer, BTreeMap<DestinationKey, Connecti
 impl KernelCache {
     /// Rolls the view forward with everything `changes` did (call only when every write
     /// succeeded). `dummy_index` is the dummy link's index after the sync; `rules` the
-    /// restore input of every family now in place.
+    /// restore input of every family now in place. Consumes `changes`, releasing its IPVS
+    /// operations as the view takes them in: after a cold sync both would otherwise hold
+    /// every real server at once, the sync's memory peak.
     pub fn applied(
         &mut self,
-        changes: &Changes,
+        changes: Changes,
         dummy_index: Option<u32>,
         rules: Vec<(AddressFamily, String)>,
     ) {
@@ -61,42 +63,64 @@ impl KernelCache {
                 members.extend(c.add.iter().cloned());
             }
         }
-        self.apply_ipvs(&changes.ipvs);
-        self.apply_ipvs(&changes.stale_services);
+        let Changes {
+            ipvs,
+            stale_services,
+            ..
+        } = changes;
+        self.take_ipvs(ipvs);
+        self.take_ipvs(stale_services);
         self.rules = rules;
     }
 
     /// Rolls the IPVS view forward with `ops`, all of which succeeded.
     pub fn apply_ipvs(&mut self, ops: &[Operation]) {
+        for op in ops {
+            self.apply_one(op.clone());
+        }
+    }
+
+    /// [`Self::apply_ipvs`] over owned operations, in order, shrinking their buffer as it
+    /// goes so it is freed while the view grows.
+    fn take_ipvs(&mut self, mut ops: Vec<Operation>) {
+        const SHRINK_ABOVE: usize = 4096;
+        ops.reverse();
+        while let Some(op) = ops.pop() {
+            self.apply_one(op);
+            if ops.capacity() > SHRINK_ABOVE && ops.len() < ops.capacity() / 2 {
+                ops.shrink_to_fit();
+            }
+        }
+    }
+
+    fn apply_one(&mut self, op: Operation) {
         let Observed {
             ipvs, connections, ..
         } = &mut self.observed;
-        for op in ops {
-            match op {
-                Operation::AddService(s) => {
-                    ipvs.services.insert(s.key, VirtualServer::new(s.clone()));
+        match op {
+            Operation::AddService(s) => {
+                ipvs.services.insert(s.key, VirtualServer::new(s));
+            }
+            Operation::UpdateService(s) => match ipvs.services.get_mut(&s.key) {
+                Some(vs) => vs.service = s,
+                None => {
+                    ipvs.services.insert(s.key, VirtualServer::new(s));
                 }
-                Operation::UpdateService(s) => match ipvs.services.get_mut(&s.key) {
-                    Some(vs) => vs.service = s.clone(),
-                    None => {
-                        ipvs.services.insert(s.key, VirtualServer::new(s.clone()));
-                    }
-                },
-                Operation::DeleteService(k) => {
-                    ipvs.services.remove(k);
-                    forget_connections(connections, k);
+            },
+            Operation::DeleteService(k) => {
+                ipvs.services.remove(&k);
+                forget_connections(connections, &k);
+            }
+            Operation::AddDestination(k, d) | Operation::UpdateDestination(k, d) => {
+                if let Some(vs) = ipvs.services.get_mut(&k) {
+                    vs.destinations.insert(d.key(), d);
                 }
-                Operation::AddDestination(k, d) | Operation::UpdateDestination(k, d) => {
-                    if let Some(vs) = ipvs.services.get_mut(k) {
-                        vs.destinations.insert(d.key(), d.clone());
-                    }
+            }
+            Operation::DeleteDestination(k, d) => {
+                if let Some(vs) = ipvs.services.get_mut(&k) {
+                    vs.destinations.remove(&d);
                 }
-                Operation::DeleteDestination(k, d) => {
-                    if let Some(vs) = ipvs.services.get_mut(k) {
-                        vs.destinations.remove(d);
-                    }
-                    connections.remove(&(*k, *d));
-                }
+                connections.remove(&(k, d));
             }
         }
     }
@@ -280,6 +304,7 @@ mod tests {
 
     use super::*;
     use crate::model::manifests::Manifests;
+    use crate::model::objects::RawAddress;
     use crate::sync::cmd::{CommonArgs, sync_options};
     use crate::sync::{SyncOptions, decide, manifests};
 
@@ -358,7 +383,7 @@ mod tests {
         let changes = decide(&plan, &cache.observed, &options.ownership());
         assert!(changes.create_dummy);
         assert!(!changes.ipvs.is_empty());
-        cache.applied(&changes, Some(7), rules(&plan));
+        cache.applied(changes.clone(), Some(7), rules(&plan));
         assert_eq!(cache.observed.dummy_index, Some(7));
         assert_converged(&plan, &cache, &options);
         assert!(
@@ -374,14 +399,14 @@ mod tests {
             .unwrap();
         objects.endpoint_slices[i]
             .endpoints
-            .retain(|e| e.addresses != ["10.244.0.12"]);
+            .retain(|e| e.address != Some(RawAddress::parse("10.244.0.12")));
         let next = plan_of(&objects, &options);
         let keys = touched(&plan, &next);
         assert_eq!(keys.len(), 1, "{keys:?}");
         let changes = decide(&next, &cache.observed, &options.ownership());
         assert_eq!(changes.ipvs.len(), 1, "{:?}", changes.ipvs);
         assert!(matches!(changes.ipvs[0], Operation::DeleteDestination(..)));
-        cache.applied(&changes, Some(7), rules(&next));
+        cache.applied(changes.clone(), Some(7), rules(&next));
         assert_converged(&next, &cache, &options);
 
         // A service removed: its virtual server, VIP and set members go; converges again.
@@ -393,7 +418,7 @@ mod tests {
         let changes = decide(&last, &cache.observed, &options.ownership());
         assert_eq!(changes.stale_services.len(), 1);
         assert_eq!(changes.vips.unbind.len(), 1);
-        cache.applied(&changes, Some(7), rules(&last));
+        cache.applied(changes.clone(), Some(7), rules(&last));
         assert_converged(&last, &cache, &options);
         assert_eq!(touched(&last, &last), BTreeSet::new());
     }

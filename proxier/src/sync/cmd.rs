@@ -68,7 +68,7 @@ pub fn sync_options(args: &CommonArgs, node_name: String) -> SyncOptions {
         plan: PlanConfig {
             node_name,
             families: families(&args.cluster_cidrs, &args.node_ips),
-            scheduler: args.scheduler.clone(),
+            scheduler: args.scheduler,
             masquerade_all: args.masquerade_all,
             masquerade_bit: 14,
             local_detector: LocalDetector::ClusterCidr,

@@ -87,57 +87,71 @@ impl Drains {
     /// Rewrites a sync's IPVS operations (the diff of desired vs `observed`): deletions of
     /// TCP real servers with connections become weight-0 updates (or nothing, when already
     /// draining at weight 0), and real servers desired again leave the list.
+    ///
+    /// In place: a cold sync decides >100,000 operations, and a second buffer of them would
+    /// be the sync's memory peak.
     pub fn filter(
         &mut self,
-        ops: Vec<Operation>,
+        mut ops: Vec<Operation>,
         observed: &Table,
         connections: &BTreeMap<RealServerKey, Connections>,
         now: Instant,
     ) -> Vec<Operation> {
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Operation::DeleteDestination(svc, dest) if drains_gracefully(&svc) => {
-                    let key = (svc, dest);
-                    let conns = connections.get(&key).copied().unwrap_or_default();
-                    let since = *self.draining.entry(key).or_insert(now);
-                    if self.done(since, conns, now) {
-                        self.draining.remove(&key);
-                        tracing::info!(virtual_server = %svc, real_server = %dest, "drained: deleting real server");
-                        out.push(Operation::DeleteDestination(svc, dest));
-                        continue;
-                    }
-                    let current = observed
-                        .services
-                        .get(&svc)
-                        .and_then(|vs| vs.destinations.get(&dest));
-                    if let Some(d) = current.filter(|d| d.weight != 0) {
-                        tracing::info!(
-                            virtual_server = %svc,
-                            real_server = %dest,
-                            active = conns.active,
-                            inactive = conns.inactive,
-                            "draining real server (weight 0)"
-                        );
-                        let mut zero = d.clone();
-                        zero.weight = 0;
-                        out.push(Operation::UpdateDestination(svc, zero));
-                    }
+        ops.retain_mut(|op| self.rewrite(op, observed, connections, now));
+        ops
+    }
+
+    /// One operation of [`Self::filter`]: rewritten in place; `false` drops it.
+    fn rewrite(
+        &mut self,
+        op: &mut Operation,
+        observed: &Table,
+        connections: &BTreeMap<RealServerKey, Connections>,
+        now: Instant,
+    ) -> bool {
+        match op {
+            Operation::DeleteDestination(svc, dest) if drains_gracefully(svc) => {
+                let key = (*svc, *dest);
+                let conns = connections.get(&key).copied().unwrap_or_default();
+                let since = *self.draining.entry(key).or_insert(now);
+                if self.done(since, conns, now) {
+                    self.draining.remove(&key);
+                    tracing::info!(virtual_server = %key.0, real_server = %key.1, "drained: deleting real server");
+                    return true;
                 }
-                Operation::AddDestination(svc, d) | Operation::UpdateDestination(svc, d)
-                    if self.draining.remove(&(svc, d.key())).is_some() =>
-                {
-                    tracing::info!(virtual_server = %svc, real_server = %d.key(), "real server is back: no longer draining");
-                    out.push(Operation::UpdateDestination(svc, d));
-                }
-                Operation::DeleteService(svc) => {
-                    self.draining.retain(|(s, _), _| *s != svc);
-                    out.push(Operation::DeleteService(svc));
-                }
-                other => out.push(other),
+                let current = observed
+                    .services
+                    .get(&key.0)
+                    .and_then(|vs| vs.destinations.get(&key.1));
+                let Some(d) = current.filter(|d| d.weight != 0) else {
+                    return false;
+                };
+                tracing::info!(
+                    virtual_server = %key.0,
+                    real_server = %key.1,
+                    active = conns.active,
+                    inactive = conns.inactive,
+                    "draining real server (weight 0)"
+                );
+                let mut zero = d.clone();
+                zero.weight = 0;
+                *op = Operation::UpdateDestination(key.0, zero);
+                true
             }
+            Operation::AddDestination(svc, d) | Operation::UpdateDestination(svc, d)
+                if self.draining.remove(&(*svc, d.key())).is_some() =>
+            {
+                tracing::info!(virtual_server = %svc, real_server = %d.key(), "real server is back: no longer draining");
+                *op = Operation::UpdateDestination(*svc, d.clone());
+                true
+            }
+            Operation::DeleteService(svc) => {
+                let svc = *svc;
+                self.draining.retain(|(s, _), _| *s != svc);
+                true
+            }
+            _ => true,
         }
-        out
     }
 
     /// The periodic check between syncs: deletes for draining real servers whose

@@ -199,10 +199,12 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
         .flat_map(|f| f.bind_addresses.iter().copied())
         .collect();
     let desired_ipvs: Vec<&Table> = plan.families.iter().map(|f| &f.ipvs).collect();
-    let (stale_services, ipvs): (Vec<Operation>, Vec<Operation>) =
-        diff::ipvs_operations_of(&desired_ipvs, &observed.ipvs, ownership)
-            .into_iter()
-            .partition(|op| matches!(op, Operation::DeleteService(_)));
+    // Split in place: a cold sync decides >100,000 operations, and a second buffer of them
+    // would be the sync's memory peak.
+    let mut ipvs = diff::ipvs_operations_of(&desired_ipvs, &observed.ipvs, ownership);
+    let stale_services: Vec<Operation> = ipvs
+        .extract_if(.., |op| matches!(op, Operation::DeleteService(_)))
+        .collect();
     Changes {
         create_dummy: observed.dummy_index.is_none(),
         vips: diff::vip_changes(&desired_vips, &observed.bound, ownership),
@@ -321,7 +323,8 @@ impl Syncer {
                 observed,
                 rules: Vec::new(),
             };
-            cache.applied(&changes, ifindex, changes.iptables.clone());
+            let rules = changes.iptables.clone();
+            cache.applied(changes, ifindex, rules);
             self.cache = Some(cache);
         }
 
@@ -463,7 +466,7 @@ impl Syncer {
             .await;
         let apply = started.elapsed();
         if out.clean() {
-            cache.applied(&changes, ifindex, rules);
+            cache.applied(changes, ifindex, rules);
             self.cache = Some(cache);
         }
 
@@ -633,8 +636,8 @@ impl Syncer {
 fn borrow_all(
     objects: &Manifests,
 ) -> (
-    Vec<&k8s_openapi::api::core::v1::Service>,
-    Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>,
+    Vec<&crate::model::ServiceObject>,
+    Vec<&crate::model::SliceObject>,
 ) {
     (
         objects.services.iter().collect(),
@@ -670,8 +673,11 @@ fn affected_units<'a>(
             (key, UnitObjects::default())
         })
         .collect();
-    let grouped = incremental::group(objects.services, objects.endpoint_slices, |(ns, n)| {
-        keys.iter().any(|k| k.1 == n && k.0 == ns)
+    // A set, not a list: a burst of thousands of changed Services must not make this scan
+    // quadratic.
+    let wanted: BTreeSet<(&str, &str)> = keys.iter().copied().collect();
+    let grouped = incremental::group(objects.services, objects.endpoint_slices, |unit| {
+        wanted.contains(&unit)
     });
     for ((ns, name), unit) in grouped {
         let key = ServiceName {

@@ -371,8 +371,9 @@ fn vm_rss_kib() -> Res<u64> {
 /// after each stage.
 fn mem(n: u32) -> Res<()> {
     use ipvs_proxier::dataplane::kernel::{Connections, Observed};
+    use ipvs_proxier::sync::cache::KernelCache;
     use ipvs_proxier::plan::incremental::PlanState;
-    use ipvs_proxier::plan::{NodeFacts, SetName};
+    use ipvs_proxier::plan::NodeFacts;
     use ipvs_proxier::sync::{decide, set_names};
     let opts = options()?;
     let node: std::net::IpAddr = "10.255.0.1".parse()?;
@@ -397,23 +398,16 @@ fn mem(n: u32) -> Res<()> {
     let mut state = PlanState::build(&services, &endpoint_slices, &[], &opts.plan, &facts);
     stage("plan, kept per Service (PlanState)")?;
     let plan = state.plan();
-    // After a cold sync the kernel holds the plan: that is what observe reads back (with no
-    // connection counters: every real server is idle, and only non-zero ones are kept).
-    let mut observed = Observed::default();
-    for f in &plan.families {
-        for (k, vs) in &f.ipvs.services {
-            observed.ipvs.services.insert(*k, vs.clone());
-        }
-        observed.bound.extend(f.bind_addresses.iter().copied());
-        for s in SetName::ALL {
-            observed
-                .ipsets
-                .insert(s.name(f.family), f.ipsets.members(s).clone());
-        }
-    }
-    observed.dummy_index = Some(2);
+    // A cold sync decides every operation at once (against an empty kernel); the kernel view
+    // it keeps is built from those operations, which it releases as it goes.
+    let cold = decide(plan, &Observed::default(), &opts.ownership());
+    let cold_ops = cold.ipvs.len() + cold.stale_services.len();
+    stage(&format!("cold decision ({cold_ops} operations)"))?;
+    let mut cache = KernelCache::default();
+    cache.applied(cold, Some(2), Vec::new());
+    let observed = cache.observed;
     let _ = set_names(&opts.plan);
-    stage("kernel view (what observe reads back)")?;
+    stage("kernel view the cold sync leaves (= what observe reads back)")?;
     let changes = decide(plan, &observed, &opts.ownership());
     if !changes.ipvs.is_empty() || !changes.stale_services.is_empty() {
         return Err("the view differs from the plan".into());

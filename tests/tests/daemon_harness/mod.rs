@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ipvs_proxier::dataplane::canon::chains_up_to_date;
 use ipvs_proxier::model::manifests::Manifests;
+use ipvs_proxier::model::objects;
 use ipvs_proxier::plan::{self, NodeFacts, NodePortAddresses, Plan, render};
 use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
 use ipvs_proxier::sync::{SyncOptions, Syncer, WriteCounts};
@@ -251,9 +252,13 @@ impl Cluster {
     }
 
     pub fn manifests(&self) -> Manifests {
+        let (services, endpoint_slices) = objects::from_api(
+            self.services.values().cloned(),
+            self.slices.values().cloned(),
+        );
         Manifests {
-            services: self.services.values().cloned().collect(),
-            endpoint_slices: self.slices.values().cloned().collect(),
+            services,
+            endpoint_slices,
             nodes: self.node.iter().cloned().collect(),
             diagnostics: Vec::new(),
         }
