@@ -180,7 +180,7 @@ fn destination_operations(
             .filter(|k| !want.destinations.contains_key(k))
             .map(|k| Operation::DeleteDestination(*key, *k)),
     );
-    for (dkey, d) in &want.destinations {
+    for (dkey, d) in want.destinations.iter() {
         match have.destinations.get(dkey) {
             None => ops.push(Operation::AddDestination(*key, d.clone())),
             Some(current) if current != d => {
@@ -223,7 +223,7 @@ mod tests {
             for (a, p, w) in *dests {
                 let mut d = Destination::masq(ip(a), *p);
                 d.weight = *w;
-                vs.destinations.insert(d.key(), d);
+                vs.destinations_mut().insert(d.key(), d);
             }
         }
         t

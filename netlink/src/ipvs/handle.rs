@@ -472,7 +472,8 @@ impl IpvsHandle {
             let key = entry.service.key;
             let mut vs = VirtualServer::new(entry.service);
             for d in self.dump_destinations(&key).await? {
-                vs.destinations.insert(d.destination.key(), d.destination);
+                vs.destinations_mut()
+                    .insert(d.destination.key(), d.destination);
             }
             table.services.insert(key, vs);
         }

@@ -333,7 +333,7 @@ impl Kernel {
                         },
                     );
                 }
-                vs.destinations.insert(dkey, d.destination);
+                vs.destinations_mut().insert(dkey, d.destination);
             }
             observed.ipvs.services.insert(key, vs);
         }
@@ -387,7 +387,7 @@ impl Kernel {
                     },
                 );
             }
-            vs.destinations.insert(dkey, d.destination);
+            vs.destinations_mut().insert(dkey, d.destination);
         }
         Ok(Some((vs, connections)))
     }

@@ -699,13 +699,15 @@ impl<'a> FamilyPlanner<'a> {
             let mut vs = VirtualServer::new(service);
             // Endpoints are sorted by (address, port), the destination key: collecting
             // bulk-builds the map.
-            vs.destinations = dests
-                .iter()
-                .map(|e| {
-                    let d = Destination::masq(e.addr, e.port);
-                    (d.key(), d)
-                })
-                .collect();
+            vs.destinations = std::sync::Arc::new(
+                dests
+                    .iter()
+                    .map(|e| {
+                        let d = Destination::masq(e.addr, e.port);
+                        (d.key(), d)
+                    })
+                    .collect(),
+            );
             out.virtual_servers.push((key, vs));
             true
         };

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netlink::AddressFamily;
@@ -40,13 +41,16 @@ impl KernelCache {
     /// Rolls the view forward with everything `changes` did (call only when every write
     /// succeeded). `dummy_index` is the dummy link's index after the sync; `rules` the
     /// restore input of every family now in place. Consumes `changes`, releasing its IPVS
-    /// operations as the view takes them in: after a cold sync both would otherwise hold
-    /// every real server at once, the sync's memory peak.
+    /// operations as the view takes them in, and makes each virtual server it writes share
+    /// `plan`'s real-server map when equal ([`Self::share_with`]): after a cold sync the
+    /// operations, the view and the plan would otherwise each hold every real server at
+    /// once, the sync's memory peak.
     pub fn applied(
         &mut self,
         changes: Changes,
         dummy_index: Option<u32>,
         rules: Vec<(AddressFamily, String)>,
+        plan: &Plan,
     ) {
         let o = &mut self.observed;
         o.dummy_index = dummy_index;
@@ -68,9 +72,43 @@ impl KernelCache {
             stale_services,
             ..
         } = changes;
-        self.take_ipvs(ipvs);
-        self.take_ipvs(stale_services);
+        self.take_ipvs(ipvs, plan);
+        self.take_ipvs(stale_services, plan);
         self.rules = rules;
+    }
+
+    /// Makes the view share the real-server maps of the plan's virtual servers it equals
+    /// (after a clean sync: all it owns but those draining), so each is held once. `keys`
+    /// limits the pass to those virtual servers (`None`: all of the plan's).
+    pub fn share_with(&mut self, plan: &Plan, keys: Option<&BTreeSet<ServiceKey>>) {
+        match keys {
+            None => {
+                for family in &plan.families {
+                    for (key, want) in &family.ipvs.services {
+                        self.share(key, want);
+                    }
+                }
+            }
+            Some(keys) => {
+                for key in keys {
+                    self.share_key(key, plan);
+                }
+            }
+        }
+    }
+
+    fn share_key(&mut self, key: &ServiceKey, plan: &Plan) {
+        if let Some(want) = plan.families.iter().find_map(|f| f.ipvs.services.get(key)) {
+            self.share(key, want);
+        }
+    }
+
+    fn share(&mut self, key: &ServiceKey, want: &VirtualServer) {
+        if let Some(have) = self.observed.ipvs.services.get_mut(key)
+            && have.destinations == want.destinations
+        {
+            have.destinations = Arc::clone(&want.destinations);
+        }
     }
 
     /// Rolls the IPVS view forward with `ops`, all of which succeeded.
@@ -81,15 +119,25 @@ impl KernelCache {
     }
 
     /// [`Self::apply_ipvs`] over owned operations, in order, shrinking their buffer as it
-    /// goes so it is freed while the view grows.
-    fn take_ipvs(&mut self, mut ops: Vec<Operation>) {
+    /// goes so it is freed while the view grows; each virtual server, once its operations
+    /// (consecutive, as the diff emits them) are in, shares `plan`'s map if equal.
+    fn take_ipvs(&mut self, mut ops: Vec<Operation>, plan: &Plan) {
         const SHRINK_ABOVE: usize = 4096;
         ops.reverse();
+        let mut current: Option<ServiceKey> = None;
         while let Some(op) = ops.pop() {
+            let key = operation_service(&op);
+            if let Some(done) = current.filter(|c| *c != key) {
+                self.share_key(&done, plan);
+            }
+            current = Some(key);
             self.apply_one(op);
             if ops.capacity() > SHRINK_ABOVE && ops.len() < ops.capacity() / 2 {
                 ops.shrink_to_fit();
             }
+        }
+        if let Some(done) = current {
+            self.share_key(&done, plan);
         }
     }
 
@@ -113,12 +161,12 @@ impl KernelCache {
             }
             Operation::AddDestination(k, d) | Operation::UpdateDestination(k, d) => {
                 if let Some(vs) = ipvs.services.get_mut(&k) {
-                    vs.destinations.insert(d.key(), d);
+                    vs.destinations_mut().insert(d.key(), d);
                 }
             }
             Operation::DeleteDestination(k, d) => {
                 if let Some(vs) = ipvs.services.get_mut(&k) {
-                    vs.destinations.remove(&d);
+                    vs.destinations_mut().remove(&d);
                 }
                 connections.remove(&(k, d));
             }
@@ -383,7 +431,7 @@ mod tests {
         let changes = decide(&plan, &cache.observed, &options.ownership());
         assert!(changes.create_dummy);
         assert!(!changes.ipvs.is_empty());
-        cache.applied(changes.clone(), Some(7), rules(&plan));
+        cache.applied(changes.clone(), Some(7), rules(&plan), &plan);
         assert_eq!(cache.observed.dummy_index, Some(7));
         assert_converged(&plan, &cache, &options);
         assert!(
@@ -406,7 +454,7 @@ mod tests {
         let changes = decide(&next, &cache.observed, &options.ownership());
         assert_eq!(changes.ipvs.len(), 1, "{:?}", changes.ipvs);
         assert!(matches!(changes.ipvs[0], Operation::DeleteDestination(..)));
-        cache.applied(changes.clone(), Some(7), rules(&next));
+        cache.applied(changes.clone(), Some(7), rules(&next), &next);
         assert_converged(&next, &cache, &options);
 
         // A service removed: its virtual server, VIP and set members go; converges again.
@@ -418,7 +466,7 @@ mod tests {
         let changes = decide(&last, &cache.observed, &options.ownership());
         assert_eq!(changes.stale_services.len(), 1);
         assert_eq!(changes.vips.unbind.len(), 1);
-        cache.applied(changes.clone(), Some(7), rules(&last));
+        cache.applied(changes.clone(), Some(7), rules(&last), &last);
         assert_converged(&last, &cache, &options);
         assert_eq!(touched(&last, &last), BTreeSet::new());
     }
@@ -486,7 +534,7 @@ mod tests {
         // The kernel lost the real server and has other counters: the view follows it.
         let mut vs = VirtualServer::new(svc.clone());
         let other = Destination::masq("10.244.0.2".parse::<IpAddr>().unwrap(), 80);
-        vs.destinations.insert(other.key(), other.clone());
+        vs.destinations_mut().insert(other.key(), other.clone());
         let conns = BTreeMap::from([(
             other.key(),
             Connections {

@@ -208,7 +208,7 @@ mod tests {
         let mut t = Table::default();
         let d = dest(weight);
         t.upsert_service(Service::new(key, Scheduler::rr()))
-            .destinations
+            .destinations_mut()
             .insert(d.key(), d);
         t
     }

@@ -324,7 +324,9 @@ impl Syncer {
                 rules: Vec::new(),
             };
             let rules = changes.iptables.clone();
-            cache.applied(changes, ifindex, rules);
+            cache.applied(changes, ifindex, rules, state.plan());
+            // The rest of the view was read from the kernel: share what equals the plan.
+            cache.share_with(state.plan(), None);
             self.cache = Some(cache);
         }
 
@@ -466,7 +468,10 @@ impl Syncer {
             .await;
         let apply = started.elapsed();
         if out.clean() {
-            cache.applied(changes, ifindex, rules);
+            cache.applied(changes, ifindex, rules, state.plan());
+            // Re-read virtual servers were read from the kernel; after a whole replan the
+            // plan holds new maps for all.
+            cache.share_with(state.plan(), delta.is_some().then_some(&reread));
             self.cache = Some(cache);
         }
 

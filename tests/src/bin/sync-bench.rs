@@ -371,9 +371,9 @@ fn vm_rss_kib() -> Res<u64> {
 /// after each stage.
 fn mem(n: u32) -> Res<()> {
     use ipvs_proxier::dataplane::kernel::{Connections, Observed};
-    use ipvs_proxier::sync::cache::KernelCache;
-    use ipvs_proxier::plan::incremental::PlanState;
     use ipvs_proxier::plan::NodeFacts;
+    use ipvs_proxier::plan::incremental::PlanState;
+    use ipvs_proxier::sync::cache::KernelCache;
     use ipvs_proxier::sync::{decide, set_names};
     let opts = options()?;
     let node: std::net::IpAddr = "10.255.0.1".parse()?;
@@ -385,9 +385,10 @@ fn mem(n: u32) -> Res<()> {
     let mut stage = |what: &str| -> Res<()> {
         let now = vm_rss_kib()?;
         println!(
-            "  {what:<44} RSS {:>8.1} MiB ({:+.1})",
+            "  {what:<44} RSS {:>8.1} MiB ({:+.1}), peak so far {:.1} MiB",
             now as f64 / 1024.0,
-            (now as f64 - last as f64) / 1024.0
+            (now as f64 - last as f64) / 1024.0,
+            vm_hwm_kib()? as f64 / 1024.0
         );
         last = now;
         Ok(())
@@ -404,7 +405,7 @@ fn mem(n: u32) -> Res<()> {
     let cold_ops = cold.ipvs.len() + cold.stale_services.len();
     stage(&format!("cold decision ({cold_ops} operations)"))?;
     let mut cache = KernelCache::default();
-    cache.applied(cold, Some(2), Vec::new());
+    cache.applied(cold, Some(2), Vec::new(), state.plan());
     let observed = cache.observed;
     let _ = set_names(&opts.plan);
     stage("kernel view the cold sync leaves (= what observe reads back)")?;
