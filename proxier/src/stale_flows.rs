@@ -35,7 +35,8 @@ use netlink::Protocol;
 use netlink::conntrack::Entry;
 
 use crate::model::manifests::ObjectRefs;
-use crate::model::{Model, ModelOptions, ServiceObject, SliceObject};
+use crate::model::{Model, ModelOptions, ServiceName};
+use crate::plan::incremental::{self, UnitObjects};
 
 /// `IPPROTO_UDP` as conntrack tuples carry it.
 const UDP: u8 = 17;
@@ -95,38 +96,61 @@ impl UdpServing {
     /// From the objects: only the Services with a UDP port (and their slices) are modelled,
     /// so the cost follows the number of UDP Services, not the cluster's size.
     pub fn of_objects(objects: ObjectRefs<'_>, options: &ModelOptions) -> Self {
-        let udp: Vec<&ServiceObject> = objects
+        Self::merged(Self::by_service(objects, options).values())
+    }
+
+    /// Each Service's part ([`Self::of_unit`]), for the Services with a UDP port.
+    pub fn by_service(
+        objects: ObjectRefs<'_>,
+        options: &ModelOptions,
+    ) -> BTreeMap<ServiceName, Self> {
+        let udp: BTreeSet<(&str, &str)> = objects
             .services
             .iter()
-            .copied()
             .filter(|s| s.has_udp_port())
+            .map(|s| incremental::service_unit(s))
             .collect();
         if udp.is_empty() {
-            return Self::default();
+            return BTreeMap::new();
         }
-        let names: BTreeSet<(&str, &str)> = udp
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    s.metadata.namespace_or_default(),
-                    s.metadata.name.as_deref()?,
-                ))
-            })
-            .collect();
-        let slices: Vec<&SliceObject> = objects
-            .endpoint_slices
-            .iter()
-            .copied()
-            .filter(|e| {
-                e.metadata
-                    .labels
-                    .service_name
-                    .as_deref()
-                    .is_some_and(|name| names.contains(&(e.metadata.namespace_or_default(), name)))
-            })
-            .collect();
-        let (model, _) = Model::build_refs(&udp, &slices, objects.nodes, options);
-        Self::of_model(&model)
+        incremental::group(objects.services, objects.endpoint_slices, |unit| {
+            udp.contains(&unit)
+        })
+        .into_iter()
+        .filter_map(|((namespace, name), unit)| {
+            let serving = Self::of_unit(&unit, options)?;
+            let name = ServiceName {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
+            Some((name, serving))
+        })
+        .collect()
+    }
+
+    /// One Service's part, from its objects (a Service and its slices, as the incremental
+    /// planner's unit); `None` when it has no UDP port. The whole is [`Self::merged`] over
+    /// the parts: endpoints join a Service's ports only within the Service.
+    pub fn of_unit(unit: &UnitObjects<'_>, options: &ModelOptions) -> Option<Self> {
+        if !unit.services.iter().any(|s| s.has_udp_port()) {
+            return None;
+        }
+        let (model, _) = Model::build_refs(&unit.services, &unit.slices, &[], options);
+        Some(Self::of_model(&model))
+    }
+
+    /// The union of `parts` (two Services may share an address, e.g. an external IP).
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a Self>) -> Self {
+        let mut out = Self::default();
+        for part in parts {
+            for (key, eps) in &part.addresses {
+                out.addresses.entry(*key).or_default().extend(eps);
+            }
+            for (port, eps) in &part.node_ports {
+                out.node_ports.entry(*port).or_default().extend(eps);
+            }
+        }
+        out
     }
 }
 
@@ -241,6 +265,32 @@ spec:
             id: Some(1),
             zone: None,
         }
+    }
+
+    #[test]
+    fn the_per_service_parts_merge_to_the_whole_model() {
+        // Two UDP Services sharing an external IP and port: their parts overlap.
+        let text = format!(
+            "{OBJECTS}\n---\n{}",
+            OBJECTS
+                .replace("name: dns,", "name: dns2,")
+                .replace("name: dns-1", "name: dns2-1")
+                .replace("service-name: dns}", "service-name: dns2}")
+                .replace("10.96.0.10", "10.96.0.11")
+                .replace("nodePort: 30053", "nodePort: 30063")
+                .replace("nodePort: 30054", "nodePort: 30064")
+                .replace("10.244.0.5", "10.244.1.5")
+        );
+        let m = parse_manifests(&text);
+        assert_eq!(m.diagnostics, vec![]);
+        let (model, _) = Model::build(&m.services, &m.endpoint_slices, &m.nodes, &options());
+        let whole = UdpServing::of_model(&model);
+        assert_eq!(whole.addresses.len(), 3, "{whole:?}");
+        assert_eq!(serving_of(&m), whole);
+        let services: Vec<_> = m.services.iter().collect();
+        let slices: Vec<_> = m.endpoint_slices.iter().collect();
+        let parts = UdpServing::by_service(m.refs(&services, &slices), &options());
+        assert_eq!(parts.len(), 2);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use netlink::AddressFamily;
 use netlink::conntrack::{ConntrackError, ConntrackHandle, Entry};
@@ -316,7 +317,45 @@ impl Kernel {
     /// (the protocol has no "all real servers" dump), one link lookup, one address dump, one
     /// ipset name listing plus one listing per set of `sets` that exists.
     pub async fn observe(&mut self, sets: &[String]) -> Result<Observed, KernelError> {
-        let mut observed = Observed::default();
+        let mut observed = self.observe_node(sets).await?;
+        self.observe_ipvs(&mut observed, &[]).await?;
+        Ok(observed)
+    }
+
+    /// [`Self::observe`] without the IPVS table: the dummy link, the addresses and the sets.
+    pub async fn observe_node(&mut self, sets: &[String]) -> Result<Observed, KernelError> {
+        let mut observed = Observed {
+            dummy_index: self.links.index_of(&self.dummy).await?,
+            ..Observed::default()
+        };
+        let addresses = self.links.addresses().await?;
+        for a in addresses {
+            if Some(a.ifindex) == observed.dummy_index {
+                observed.bound.insert(a.addr);
+            } else {
+                observed.node_addresses.push(a);
+            }
+        }
+
+        let existing: BTreeSet<String> = self.ipset.list_names()?.into_iter().collect();
+        for name in sets.iter().filter(|n| existing.contains(*n)) {
+            let listing = self.ipset.list(name)?;
+            observed
+                .ipsets
+                .insert(name.clone(), listing.members.into_iter().collect());
+        }
+        Ok(observed)
+    }
+
+    /// The IPVS part of [`Self::observe`], into `observed`. A virtual server whose real
+    /// servers equal those of the same key in `desired` shares that map instead of keeping
+    /// its own: a full sync reads back ~100,000 real servers the plan already holds, and a
+    /// second copy would be its memory peak.
+    pub async fn observe_ipvs(
+        &mut self,
+        observed: &mut Observed,
+        desired: &[&Table],
+    ) -> Result<(), KernelError> {
         for entry in self.stable_service_dump().await? {
             let key = entry.service.key;
             let mut vs = VirtualServer::new(entry.service);
@@ -335,27 +374,14 @@ impl Kernel {
                 }
                 vs.destinations_mut().insert(dkey, d.destination);
             }
+            if let Some(want) = desired.iter().find_map(|t| t.services.get(&key))
+                && want.destinations == vs.destinations
+            {
+                vs.destinations = Arc::clone(&want.destinations);
+            }
             observed.ipvs.services.insert(key, vs);
         }
-
-        observed.dummy_index = self.links.index_of(&self.dummy).await?;
-        let addresses = self.links.addresses().await?;
-        for a in addresses {
-            if Some(a.ifindex) == observed.dummy_index {
-                observed.bound.insert(a.addr);
-            } else {
-                observed.node_addresses.push(a);
-            }
-        }
-
-        let existing: BTreeSet<String> = self.ipset.list_names()?.into_iter().collect();
-        for name in sets.iter().filter(|n| existing.contains(*n)) {
-            let listing = self.ipset.list(name)?;
-            observed
-                .ipsets
-                .insert(name.clone(), listing.members.into_iter().collect());
-        }
-        Ok(observed)
+        Ok(())
     }
 
     /// One virtual server as the kernel holds it now, with its real servers and their

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::model::objects::Meta;
 use crate::model::{Model, ModelOptions, ServiceName, ServiceObject, SliceObject};
+use crate::plan::incremental::UnitObjects;
 
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,9 +43,68 @@ pub struct Snapshot {
     pub endpoint_slices: BTreeMap<ObjectKey, SliceObject>,
     /// Our own Node, once seen (topology labels, pod CIDRs).
     pub node: Option<Node>,
+    /// The slices of each Service (by their service-name label, the empty name for none),
+    /// kept by the store's writes, so a change finds its Service's objects without a scan.
+    slices_of: BTreeMap<ServiceName, BTreeSet<ObjectKey>>,
 }
 
 impl Snapshot {
+    /// The objects of each named Service (the incremental planner's units), found by key:
+    /// the Service object of that name and the slices labelled with it. A name without
+    /// objects maps to none (removed).
+    pub fn units(&self, names: &BTreeSet<ServiceName>) -> BTreeMap<ServiceName, UnitObjects<'_>> {
+        names
+            .iter()
+            .map(|name| {
+                let key = ObjectKey {
+                    namespace: name.namespace.clone(),
+                    name: name.name.clone(),
+                };
+                let unit = UnitObjects {
+                    services: self.services.get(&key).into_iter().collect(),
+                    slices: self
+                        .slices_of
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| self.endpoint_slices.get(k))
+                        .collect(),
+                };
+                (name.clone(), unit)
+            })
+            .collect()
+    }
+
+    fn index_slice(&mut self, key: &ObjectKey, slice: &SliceObject) {
+        if let Some(service) = slice_service(slice) {
+            self.slices_of
+                .entry(service)
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey, slice: &SliceObject) {
+        if let Some(service) = slice_service(slice)
+            && let Some(keys) = self.slices_of.get_mut(&service)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.slices_of.remove(&service);
+            }
+        }
+    }
+
+    fn reindex_slices(&mut self) {
+        let mut slices_of: BTreeMap<ServiceName, BTreeSet<ObjectKey>> = BTreeMap::new();
+        for (key, slice) in &self.endpoint_slices {
+            if let Some(service) = slice_service(slice) {
+                slices_of.entry(service).or_default().insert(key.clone());
+            }
+        }
+        self.slices_of = slices_of;
+    }
+
     /// [`Model::build`] over the whole snapshot.
     pub fn build_model(&self, options: &ModelOptions) -> (Model, Vec<crate::model::Diagnostic>) {
         let services: Vec<&ServiceObject> = self.services.values().collect();
@@ -276,6 +336,10 @@ impl Objects {
                 return;
             }
             changes.slice_changed(old, Some(&slice), started);
+            if let Some(old) = s.endpoint_slices.get(&key).cloned() {
+                s.unindex_slice(&key, &old);
+            }
+            s.index_slice(&key, &slice);
             s.endpoint_slices.insert(key, slice);
         });
     }
@@ -283,6 +347,7 @@ impl Objects {
     pub(crate) fn delete_slice(&self, key: &ObjectKey) {
         self.write(|s, changes| {
             if let Some(old) = s.endpoint_slices.remove(key) {
+                s.unindex_slice(key, &old);
                 changes.slice_changed(Some(&old), None, SystemTime::UNIX_EPOCH);
             }
         });
@@ -313,6 +378,7 @@ impl Objects {
                 changes.slice_changed(old, new, started);
             });
             s.endpoint_slices = slices;
+            s.reindex_slices();
         });
     }
 
@@ -322,6 +388,7 @@ impl Objects {
             services,
             endpoint_slices,
             node,
+            ..
         } = snapshot;
         let started = self.shared.started;
         self.write(|s, changes| {
@@ -335,6 +402,7 @@ impl Objects {
             s.services = services;
             s.endpoint_slices = endpoint_slices;
             s.node = node;
+            s.reindex_slices();
         });
     }
 
@@ -556,6 +624,54 @@ mod tests {
     }
 
     #[test]
+    fn a_service_finds_its_slices_by_label_through_every_kind_of_write() {
+        let names = |o: &Objects, service: &str| -> Vec<String> {
+            let name = ServiceName {
+                namespace: "ns".into(),
+                name: service.into(),
+            };
+            let snapshot = o.snapshot();
+            let units = snapshot.units(&BTreeSet::from([name.clone()]));
+            let unit = &units[&name];
+            let mut out: Vec<String> = unit
+                .services
+                .iter()
+                .map(|s| format!("svc {}", s.metadata.name.as_deref().unwrap_or_default()))
+                .collect();
+            out.extend(
+                unit.slices
+                    .iter()
+                    .map(|s| format!("slice {}", s.metadata.name.as_deref().unwrap_or_default())),
+            );
+            out
+        };
+        let o = Objects::new();
+        o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
+        o.apply_slice(slice("ns", "a-1", "a"));
+        o.apply_slice(slice("ns", "a-2", "a"));
+        o.apply_slice(slice("ns", "b-1", "b"));
+        assert_eq!(names(&o, "a"), ["svc a", "slice a-1", "slice a-2"]);
+        // Relabelled: it moves; deleted: it goes.
+        o.apply_slice(slice("ns", "a-2", "b"));
+        o.delete_slice(&key("ns", "a-1"));
+        assert_eq!(names(&o, "a"), ["svc a"]);
+        assert_eq!(names(&o, "b"), ["slice a-2", "slice b-1"]);
+        // A label-less slice belongs to the empty name of its namespace.
+        let mut bare = slice("ns", "x-1", "x");
+        bare.metadata.labels.service_name = None;
+        o.apply_slice(bare);
+        assert_eq!(names(&o, ""), ["slice x-1"]);
+        // A re-list replaces the index with the listed slices'.
+        o.replace_slices([(key("ns", "c-1"), slice("ns", "c-1", "a"))].into());
+        assert_eq!(names(&o, "a"), ["svc a", "slice c-1"]);
+        assert!(names(&o, "b").is_empty() && names(&o, "").is_empty());
+        // The index is exactly what a rebuild from the slices gives.
+        let mut rebuilt = (*o.snapshot()).clone();
+        rebuilt.reindex_slices();
+        assert_eq!(*o.snapshot(), rebuilt);
+    }
+
+    #[test]
     fn held_snapshots_are_not_mutated() {
         let o = Objects::new();
         o.apply_service(svc("ns", "a", "1", "10.0.0.1"));
@@ -679,6 +795,7 @@ mod tests {
             )]
             .into(),
             node: None,
+            ..Snapshot::default()
         });
         let changes = o.take().changes;
         assert_eq!((changes.service_events, changes.endpoint_events), (1, 1));

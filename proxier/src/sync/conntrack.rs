@@ -3,13 +3,16 @@
 //! since the last successful cleanup (always on the first sync of a process: anything may
 //! have changed while it was down). A failed cleanup is retried by the next sync.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use netlink::AddressFamily;
 
 use super::Syncer;
 use crate::dataplane::kernel::{Outcome, family_name};
+use crate::model::ServiceName;
 use crate::model::manifests::ObjectRefs;
+use crate::plan::incremental::UnitObjects;
 use crate::stale_flows::{UdpServing, cleanup_needed, stale_entries};
 
 /// One family's cleanup in a sync (upstream's reconciler metrics).
@@ -21,14 +24,37 @@ pub struct ConntrackRun {
     pub deleted: usize,
 }
 
+/// What the serving endpoints of the UDP service ports are computed from.
+pub(super) enum FlowInput<'a, 'o> {
+    /// Every object (a full sync).
+    All(ObjectRefs<'a>),
+    /// The objects of the Services that changed since the last sync; the others' part is
+    /// the last sync's.
+    Units(&'a BTreeMap<ServiceName, UnitObjects<'o>>),
+}
+
 impl Syncer {
     /// Runs the cleanup when needed; returns what each family's run did (empty when none ran).
     pub(super) fn clean_stale_flows(
         &mut self,
-        objects: ObjectRefs<'_>,
+        input: FlowInput<'_, '_>,
         out: &mut Outcome,
     ) -> Vec<ConntrackRun> {
-        let serving = UdpServing::of_objects(objects, &self.options.plan.model_options());
+        let options = self.options.plan.model_options();
+        match input {
+            FlowInput::All(objects) => {
+                self.udp_serving = UdpServing::by_service(objects, &options);
+            }
+            FlowInput::Units(units) => {
+                for (name, unit) in units {
+                    match UdpServing::of_unit(unit, &options) {
+                        Some(serving) => self.udp_serving.insert(name.clone(), serving),
+                        None => self.udp_serving.remove(name),
+                    };
+                }
+            }
+        }
+        let serving = UdpServing::merged(self.udp_serving.values());
         if !cleanup_needed(self.conntrack_clean_for.as_ref(), &serving) {
             self.conntrack_clean_for = Some(serving);
             return Vec::new();

@@ -325,23 +325,30 @@ impl Daemon {
         {
             self.health.sync_node(node);
         }
-        // The snapshot's objects are lent, not copied: a copy of 10,000 Services and their
-        // slices per change would cost more than the incremental sync itself.
+        // The snapshot's objects are lent, not copied. A change finds its Services' objects
+        // by key; every object is gathered only for a full sync, so a change costs nothing
+        // per object it does not touch.
         let snapshot = &update.snapshot;
-        let services: Vec<_> = snapshot.services.values().collect();
-        let slices: Vec<_> = snapshot.endpoint_slices.values().collect();
-        let objects = ObjectRefs {
-            services: &services,
-            endpoint_slices: &slices,
-            nodes: snapshot.node.as_slice(),
-            diagnostics: 0,
+        let nodes = snapshot.node.as_slice();
+        let all = || {
+            let services: Vec<_> = snapshot.services.values().collect();
+            let slices: Vec<_> = snapshot.endpoint_slices.values().collect();
+            (services, slices)
         };
         let started = Instant::now();
         let result = if reason == Reason::Requested && !update.changes.node {
+            let units = snapshot.units(&update.changes.services);
             self.syncer
-                .sync_incremental_objects(objects, &update.changes.services)
+                .sync_incremental_with(&units, nodes, 0, all)
                 .await
         } else {
+            let (services, slices) = all();
+            let objects = ObjectRefs {
+                services: &services,
+                endpoint_slices: &slices,
+                nodes,
+                diagnostics: 0,
+            };
             self.syncer.sync_objects(objects).await
         };
         let took = started.elapsed();
@@ -350,6 +357,17 @@ impl Daemon {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
                 let refused = report.failures.iter().any(|f| f.virtual_server.is_some());
+                let services: Vec<_> = if self.state_file.is_some() || refused {
+                    snapshot.services.values().collect()
+                } else {
+                    Vec::new()
+                };
+                let objects = ObjectRefs {
+                    services: &services,
+                    endpoint_slices: &[],
+                    nodes,
+                    diagnostics: 0,
+                };
                 if (self.state_file.is_some() || refused)
                     && let Some(owners) = self.owners(objects)
                 {

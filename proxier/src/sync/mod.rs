@@ -45,8 +45,8 @@ use netlink::ipvs::{Operation, Table};
 
 use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
-use crate::model::ServiceName;
 use crate::model::manifests::{Manifests, ObjectRefs};
+use crate::model::{ServiceName, ServiceObject, SliceObject};
 use crate::plan::incremental::{self, PlanState, UnitObjects};
 use crate::plan::{self, NodeFacts, Plan, PlanConfig};
 use cache::KernelCache;
@@ -54,6 +54,7 @@ use graceful::Drains;
 
 pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
 pub use conntrack::ConntrackRun;
+use conntrack::FlowInput;
 
 /// What the sync engine is told besides the planner's configuration.
 #[derive(Debug, Clone)]
@@ -198,7 +199,7 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
         .iter()
         .flat_map(|f| f.bind_addresses.iter().copied())
         .collect();
-    let desired_ipvs: Vec<&Table> = plan.families.iter().map(|f| &f.ipvs).collect();
+    let desired_ipvs = desired_tables(plan);
     // Split in place: a cold sync decides >100,000 operations, and a second buffer of them
     // would be the sync's memory peak.
     let mut ipvs = diff::ipvs_operations_of(&desired_ipvs, &observed.ipvs, ownership);
@@ -223,6 +224,11 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
     }
 }
 
+/// The IPVS tables of every family of `plan`.
+fn desired_tables(plan: &Plan) -> Vec<&Table> {
+    plan.families.iter().map(|f| &f.ipvs).collect()
+}
+
 /// The sync engine over one kernel.
 #[derive(Debug)]
 pub struct Syncer {
@@ -239,6 +245,9 @@ pub struct Syncer {
     full_every: Option<Duration>,
     /// The UDP serving endpoints the last conntrack cleanup succeeded for.
     conntrack_clean_for: Option<crate::stale_flows::UdpServing>,
+    /// Per Service with a UDP port, its part of the serving UDP endpoints (as of the last
+    /// sync), so an incremental sync recomputes only the changed Services'.
+    udp_serving: std::collections::BTreeMap<ServiceName, crate::stale_flows::UdpServing>,
 }
 
 impl Syncer {
@@ -256,6 +265,7 @@ impl Syncer {
             last_full: None,
             full_every: None,
             conntrack_clean_for: None,
+            udp_serving: std::collections::BTreeMap::new(),
         })
     }
 
@@ -296,12 +306,15 @@ impl Syncer {
         self.kernel
             .ensure_sysctls(self.options.strict_arp, &mut out)
             .map_err(SyncError::Sysctls)?;
-        let observed = self
+        // The node first (the plan needs its addresses), then the plan, then the IPVS table,
+        // whose real-server maps share the plan's where equal: the table read back is then
+        // never a second copy of the plan's ~100,000 real servers.
+        let mut observed = self
             .kernel
-            .observe(&set_names(&self.options.plan))
+            .observe_node(&set_names(&self.options.plan))
             .await
             .map_err(SyncError::Observe)?;
-        let observe = started.elapsed();
+        let mut observe = started.elapsed();
 
         let started = Instant::now();
         let facts = node_facts(&observed, self.options.node_ips.as_deref());
@@ -312,8 +325,18 @@ impl Syncer {
             &self.options.plan,
             &facts,
         );
+        let mut plan_time = started.elapsed();
+
+        let started = Instant::now();
+        self.kernel
+            .observe_ipvs(&mut observed, &desired_tables(state.plan()))
+            .await
+            .map_err(SyncError::Observe)?;
+        observe += started.elapsed();
+
+        let started = Instant::now();
         let changes = self.decide_with_drains(state.plan(), &observed);
-        let plan_time = started.elapsed();
+        plan_time += started.elapsed();
 
         let started = Instant::now();
         let ifindex = self.apply(&observed, &changes, &[], &mut out).await;
@@ -325,8 +348,6 @@ impl Syncer {
             };
             let rules = changes.iptables.clone();
             cache.applied(changes, ifindex, rules, state.plan());
-            // The rest of the view was read from the kernel: share what equals the plan.
-            cache.share_with(state.plan(), None);
             self.cache = Some(cache);
         }
 
@@ -335,7 +356,25 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(state, objects, out, timings, None))
+        let conntrack = self.clean_stale_flows(FlowInput::All(objects), &mut out);
+        Ok(self.finish(state, objects.diagnostics, conntrack, out, timings, None))
+    }
+
+    /// [`Syncer::sync_objects`] over every object, collected by `all`.
+    async fn sync_all<'o>(
+        &mut self,
+        nodes: &'o [k8s_openapi::api::core::v1::Node],
+        diagnostics: usize,
+        all: &impl Fn() -> (Vec<&'o ServiceObject>, Vec<&'o SliceObject>),
+    ) -> Result<SyncReport, SyncError> {
+        let (services, slices) = all();
+        let objects = ObjectRefs {
+            services: &services,
+            endpoint_slices: &slices,
+            nodes,
+            diagnostics,
+        };
+        self.sync_objects(objects).await
     }
 
     /// Makes [`Syncer::sync_incremental`] run a full sync when the last one started `every`
@@ -388,12 +427,32 @@ impl Syncer {
         objects: ObjectRefs<'_>,
         units: &std::collections::BTreeMap<ServiceName, UnitObjects<'_>>,
     ) -> Result<SyncReport, SyncError> {
-        if self.plan.is_none() || cache::full_due(self.last_full, self.full_every, Instant::now()) {
-            return self.sync_objects(objects).await;
-        }
+        self.sync_incremental_with(units, objects.nodes, objects.diagnostics, || {
+            (objects.services.to_vec(), objects.endpoint_slices.to_vec())
+        })
+        .await
+    }
+
+    /// [`Syncer::sync_incremental_units`] for a caller that can find the changed Services'
+    /// objects by key (the daemon's store): every object is collected, by `all`, only when
+    /// the sync turns out to need them (a full sync, a whole replan on a clash), so a
+    /// change costs nothing per object it does not touch.
+    pub async fn sync_incremental_with<'o>(
+        &mut self,
+        units: &std::collections::BTreeMap<ServiceName, UnitObjects<'o>>,
+        nodes: &'o [k8s_openapi::api::core::v1::Node],
+        diagnostics: usize,
+        all: impl Fn() -> (Vec<&'o ServiceObject>, Vec<&'o SliceObject>),
+    ) -> Result<SyncReport, SyncError> {
+        let due = cache::full_due(self.last_full, self.full_every, Instant::now());
         let (Some(mut cache), Some(mut state)) = (self.cache.take(), self.plan.take()) else {
-            return self.sync_objects(objects).await;
+            return self.sync_all(nodes, diagnostics, &all).await;
         };
+        if due {
+            // Dropped first: the full sync builds its own (two plans never coexist).
+            drop((cache, state));
+            return self.sync_all(nodes, diagnostics, &all).await;
+        }
         let mut out = Outcome::default();
         let started = Instant::now();
         self.kernel
@@ -403,19 +462,14 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&cache.observed, self.options.node_ips.as_deref());
-        let delta = state.update(units, objects.nodes, &facts);
+        let delta = state.update(units, nodes, &facts);
         let delta = match delta {
             Ok(delta) => Some(delta),
             Err(why) => {
                 tracing::debug!(reason = %why, "replanning every Service");
                 drop(state);
-                state = PlanState::build(
-                    objects.services,
-                    objects.endpoint_slices,
-                    objects.nodes,
-                    &self.options.plan,
-                    &facts,
-                );
+                let (services, slices) = all();
+                state = PlanState::build(&services, &slices, nodes, &self.options.plan, &facts);
                 None
             }
         };
@@ -480,7 +534,36 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        Ok(self.finish(state, objects, out, timings, Some(reread.len())))
+        // The stale-flow check needs every object only when the whole plan was rebuilt.
+        let flows = if delta.is_some() {
+            FlowInput::Units(units)
+        } else {
+            let (services, slices) = all();
+            let objects = ObjectRefs {
+                services: &services,
+                endpoint_slices: &slices,
+                nodes,
+                diagnostics,
+            };
+            let conntrack = self.clean_stale_flows(FlowInput::All(objects), &mut out);
+            return Ok(self.finish(
+                state,
+                diagnostics,
+                conntrack,
+                out,
+                timings,
+                Some(reread.len()),
+            ));
+        };
+        let conntrack = self.clean_stale_flows(flows, &mut out);
+        Ok(self.finish(
+            state,
+            diagnostics,
+            conntrack,
+            out,
+            timings,
+            Some(reread.len()),
+        ))
     }
 
     /// [`decide`] for `plan` against `observed`, with the removal of TCP real servers that
@@ -518,13 +601,12 @@ impl Syncer {
     fn finish(
         &mut self,
         state: PlanState,
-        objects: ObjectRefs<'_>,
-        mut out: Outcome,
+        object_diagnostics: usize,
+        conntrack: Vec<ConntrackRun>,
+        out: Outcome,
         timings: Timings,
         reread: Option<usize>,
     ) -> SyncReport {
-        let conntrack = self.clean_stale_flows(objects, &mut out);
-        let object_diagnostics = objects.diagnostics;
         let plan = state.plan();
         let report = SyncReport {
             writes: out.writes,

@@ -261,7 +261,8 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
             .ok_or("change: no such slice")?;
         slice.endpoints.pop();
         // As the daemon does for a change: the incremental path (cached kernel view), told
-        // the changed Service with its objects (Service and slice `k` belong together).
+        // the changed Service with its objects (Service and slice `k` belong together, as the
+        // daemon's store finds them by key).
         let start = Instant::now();
         let (ns, svc) = incremental::slice_unit(&objects.endpoint_slices[k]);
         let unit = incremental::UnitObjects {
@@ -273,10 +274,14 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
             name: svc.to_owned(),
         };
         let units = BTreeMap::from([(name, unit)]);
-        let services: Vec<_> = objects.services.iter().collect();
-        let slices: Vec<_> = objects.endpoint_slices.iter().collect();
+        // Every object only if the sync needs them (it must not: checked below).
+        let all = || {
+            let services: Vec<_> = objects.services.iter().collect();
+            let slices: Vec<_> = objects.endpoint_slices.iter().collect();
+            (services, slices)
+        };
         let r = s
-            .sync_incremental_units(objects.refs(&services, &slices), &units)
+            .sync_incremental_with(&units, &objects.nodes, 0, all)
             .await?;
         let t = start.elapsed();
         if let Some(f) = r.failures.first() {
