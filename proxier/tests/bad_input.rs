@@ -157,6 +157,11 @@ fn bad() -> impl Strategy<Value = Bad> {
             Just("10.96.300.1".to_owned()),
             // (An empty clusterIP is "not allocated yet": nothing to program, nothing wrong.)
             Just("None ".to_owned()),
+            // Parse, but are no service address: unspecified, multicast, broadcast.
+            Just("0.0.0.0".to_owned()),
+            Just("::".to_owned()),
+            Just("224.0.0.1".to_owned()),
+            Just("255.255.255.255".to_owned()),
             "[0-9a-f:.]{1,40}",
         ]
         .prop_map(Bad::UnparsableClusterIp),

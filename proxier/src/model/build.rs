@@ -147,6 +147,11 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
     text.trim().parse().ok()
 }
 
+fn usable_service_address(ip: &IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
 fn convert_service(
     object: &ObjectName,
     svc: &ServiceObject,
@@ -174,7 +179,10 @@ fn convert_service(
     let mut parse_list = |field: &'static str, values: &mut dyn Iterator<Item = &str>| {
         let mut out = Vec::new();
         for v in values {
-            match parse_ip(v) {
+            // A service address becomes a VIP bound on the node: 0.0.0.0, :: or a
+            // multicast or broadcast address would be nonsense there (the API never
+            // allocates one).
+            match parse_ip(v).filter(usable_service_address) {
                 Some(ip) => out.push(ip),
                 None => diags.push(Diagnostic::InvalidAddress {
                     object: object.clone(),
