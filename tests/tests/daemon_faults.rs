@@ -9,8 +9,9 @@
 //!    back with changes made meanwhile, the daemon catches up to exactly the plan.
 //! 2. A real server the kernel refuses (a multicast endpoint address, which the API accepts
 //!    but IPVS does not): only that real server is missing, every other object is the plan,
-//!    the failure is counted in `ipvs_proxier_operations_total{result="failed"}` and logged
-//!    with the object; fixing the slice converges.
+//!    the failure is counted under its kind only
+//!    (`ipvs_proxier_operations_total{kind="ipvs_real_server_add",result="failed"}`) and
+//!    logged with the object and its Service; fixing the slice converges.
 //! 3. SIGKILL in the middle of a large first sync (2,000 Services: halfway through the VIPs),
 //!    again once the IPVS batch has begun; a restart converges to exactly the plan, and a
 //!    further restart writes nothing.
@@ -197,6 +198,20 @@ fn a_refused_real_server_fails_only_its_service() {
         let page = daemon.metrics();
         let failed = failed_writes(&page);
         assert!(failed >= 1.0, "no failure counted:\n{page}");
+        // Every failure (the first sync's and its retries') is that real server's add, counted
+        // under its kind; none under kind="any".
+        let failed_series: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("ipvs_proxier_operations_total{"))
+            .filter(|l| l.contains("result=\"failed\""))
+            .collect();
+        assert_eq!(
+            failed_series,
+            [format!(
+                "ipvs_proxier_operations_total{{kind=\"ipvs_real_server_add\",result=\"failed\"}} \
+                 {failed}"
+            )]
+        );
         let object = "add real server 239.1.2.3:8080 to 10.96.8.8:80/TCP";
         let log = daemon.log();
         // The Service port it belongs to is named too.

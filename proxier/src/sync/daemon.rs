@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use netlink::AddressFamily;
-use netlink::ipvs::ServiceKey;
+use netlink::ipvs::{Operation, ServiceKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::runner::{Outcome, Reason, Runner, RunnerConfig, Step};
@@ -419,12 +419,12 @@ impl Daemon {
         };
         let w = &report.writes;
         for (kind, n) in [
-            ("ipvs_service_add", w.services_added),
-            ("ipvs_service_update", w.services_updated),
-            ("ipvs_service_delete", w.services_deleted),
-            ("ipvs_real_server_add", w.real_servers_added),
-            ("ipvs_real_server_update", w.real_servers_updated),
-            ("ipvs_real_server_delete", w.real_servers_deleted),
+            (IPVS_SERVICE_ADD, w.services_added),
+            (IPVS_SERVICE_UPDATE, w.services_updated),
+            (IPVS_SERVICE_DELETE, w.services_deleted),
+            (IPVS_REAL_SERVER_ADD, w.real_servers_added),
+            (IPVS_REAL_SERVER_UPDATE, w.real_servers_updated),
+            (IPVS_REAL_SERVER_DELETE, w.real_servers_deleted),
             ("vip_bind", w.addresses_bound),
             ("vip_unbind", w.addresses_unbound),
             ("ipset_create", w.sets_created),
@@ -436,8 +436,13 @@ impl Daemon {
             self.metrics
                 .add_operations(kind, OpResult::Applied, n as u64);
         }
-        self.metrics
-            .add_operations("any", OpResult::Failed, report.failures.len() as u64);
+        let mut failed = BTreeMap::<&str, u64>::new();
+        for f in &report.failures {
+            *failed.entry(failure_kind(f)).or_default() += 1;
+        }
+        for (kind, n) in failed {
+            self.metrics.add_operations(kind, OpResult::Failed, n);
+        }
         for run in &report.conntrack {
             self.metrics
                 .record_conntrack_cleanup(run.family, run.took, run.deleted);
@@ -492,6 +497,29 @@ impl Daemon {
             });
             hc.sync_plan(plan).await;
         }
+    }
+}
+
+// The `kind` labels of `ipvs_proxier_operations_total` for IPVS writes.
+const IPVS_SERVICE_ADD: &str = "ipvs_service_add";
+const IPVS_SERVICE_UPDATE: &str = "ipvs_service_update";
+const IPVS_SERVICE_DELETE: &str = "ipvs_service_delete";
+const IPVS_REAL_SERVER_ADD: &str = "ipvs_real_server_add";
+const IPVS_REAL_SERVER_UPDATE: &str = "ipvs_real_server_update";
+const IPVS_REAL_SERVER_DELETE: &str = "ipvs_real_server_delete";
+
+/// The `kind` a failed write is counted under: its IPVS operation's; `any` for the other
+/// writes (VIPs, ipsets, iptables-restore, conntrack, the dummy link), whose failures the
+/// dataplane reports by name only.
+fn failure_kind(f: &Failure) -> &'static str {
+    match &f.ipvs {
+        Some(Operation::AddService(_)) => IPVS_SERVICE_ADD,
+        Some(Operation::UpdateService(_)) => IPVS_SERVICE_UPDATE,
+        Some(Operation::DeleteService(_)) => IPVS_SERVICE_DELETE,
+        Some(Operation::AddDestination(..)) => IPVS_REAL_SERVER_ADD,
+        Some(Operation::UpdateDestination(..)) => IPVS_REAL_SERVER_UPDATE,
+        Some(Operation::DeleteDestination(..)) => IPVS_REAL_SERVER_DELETE,
+        None => "any",
     }
 }
 
