@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dataplane;
 pub mod diff;
+pub mod memory;
 pub mod model;
 pub mod plan;
 pub mod serve;

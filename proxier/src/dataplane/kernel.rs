@@ -69,6 +69,8 @@ pub struct Failure {
     /// The virtual server of a failed IPVS operation, so the daemon can name the Service
     /// behind it.
     pub virtual_server: Option<ServiceKey>,
+    /// The failed IPVS operation, so the daemon can count the failure under its kind.
+    pub ipvs: Option<Operation>,
 }
 
 impl fmt::Display for Failure {
@@ -173,21 +175,17 @@ impl Outcome {
     }
 
     fn fail_ipvs(&mut self, op: &Operation, error: impl fmt::Display) {
-        self.push_failure(op.describe(), error, Some(op.service_key()));
+        self.push_failure(op.describe(), error, Some(op));
     }
 
-    fn push_failure(
-        &mut self,
-        object: String,
-        error: impl fmt::Display,
-        virtual_server: Option<ServiceKey>,
-    ) {
+    fn push_failure(&mut self, object: String, error: impl fmt::Display, ipvs: Option<&Operation>) {
         let error = error.to_string();
         tracing::warn!(object = %object, error = %error, "kernel write failed");
         self.failures.push(Failure {
             object,
             error,
-            virtual_server,
+            virtual_server: ipvs.map(Operation::service_key),
+            ipvs: ipvs.cloned(),
         });
     }
 

@@ -52,6 +52,7 @@ impl CleanupReport {
             object: object.into(),
             error: error.to_string(),
             virtual_server: None,
+            ipvs: None,
         };
         tracing::warn!(object = %failure.object, error = %failure.error, "cleanup step failed");
         self.failures.push(failure);

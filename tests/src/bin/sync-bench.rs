@@ -454,6 +454,42 @@ fn mem(n: u32) -> Res<()> {
     stage("  a second whole plan (last plan + new plan)")?;
     println!("  peak (VmHWM): {:.1} MiB", vm_hwm_kib()? as f64 / 1024.0);
     drop((counters, table, old_plan));
+    stage("all of the above freed")?;
+    // What the daemon's malloc_trim after a full sync costs, and what it costs the next
+    // burst: a whole plan built and dropped on a warm heap, then on a trimmed one (its pages
+    // are faulted in again).
+    let started = Instant::now();
+    let released = ipvs_proxier::memory::release_free_heap();
+    let trim = started.elapsed();
+    stage(&format!("malloc_trim {trim:.2?} (released: {released})"))?;
+    let started = Instant::now();
+    ipvs_proxier::memory::release_free_heap();
+    println!(
+        "  malloc_trim again, nothing new: {:.2?}",
+        started.elapsed()
+    );
+    let burst = || {
+        let started = Instant::now();
+        drop(ipvs_proxier::plan::plan_objects(
+            &services,
+            &endpoint_slices,
+            &[],
+            &opts.plan,
+            &facts,
+        ));
+        started.elapsed()
+    };
+    let cold = burst();
+    let warm = burst();
+    let started = Instant::now();
+    ipvs_proxier::memory::release_free_heap();
+    let trim = started.elapsed();
+    let trimmed = burst();
+    println!(
+        "  a whole plan built and dropped: {cold:.2?} (first), {warm:.2?} (warm heap); \
+         malloc_trim {trim:.2?}; then {trimmed:.2?} (trimmed heap)"
+    );
+    stage("after the bursts")?;
     Ok(())
 }
 
