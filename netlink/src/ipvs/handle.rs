@@ -5,6 +5,7 @@
 //! This module owns the I/O and the mapping of kernel errors to [`IpvsError`]; every byte on
 //! the wire comes from [`super::codec`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -543,9 +544,8 @@ impl IpvsHandle {
     /// failure does not stop the others. Returns one result per operation, in order.
     ///
     /// An I/O failure of the socket itself fails the operations not yet answered.
-    pub async fn apply(&mut self, ops: &[Operation]) -> Vec<Result<(), IpvsError>> {
-        let mut results: Vec<Option<Result<(), IpvsError>>> = Vec::with_capacity(ops.len());
-        results.resize_with(ops.len(), || None);
+    pub async fn apply(&mut self, ops: &[Operation]) -> Applied {
+        let mut results = Applied::new(ops.len());
         let mut next = 0;
         while next < ops.len() {
             let chunk = self.encode_chunk(ops, next);
@@ -555,28 +555,26 @@ impl IpvsHandle {
                 .await
             {
                 let msg = e.to_string();
-                for (i, slot) in results[chunk.clone()].iter_mut().enumerate() {
-                    if slot.is_none() {
-                        *slot = Some(Err(IpvsError::Io(io::Error::other(format!(
-                            "{}: {msg}",
-                            ops[chunk.start + i].describe()
-                        )))));
+                for i in chunk.clone() {
+                    if !results.is_answered(i) {
+                        let what = format!("{}: {msg}", ops[i].describe());
+                        results.set(i, Err(IpvsError::Io(io::Error::other(what))));
                     }
                 }
             }
             next = chunk.end;
         }
-        results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| {
+        for (i, op) in ops.iter().enumerate() {
+            if !results.is_answered(i) {
+                results.set(
+                    i,
                     Err(IpvsError::AckLost {
-                        what: ops[i].describe(),
-                    })
-                })
-            })
-            .collect()
+                        what: op.describe(),
+                    }),
+                );
+            }
+        }
+        results
     }
 
     /// Encodes `ops[start..]` into `self.tx` up to the batch limits (at least one); returns
@@ -612,7 +610,7 @@ impl IpvsHandle {
         ops: &[Operation],
         chunk: Range<usize>,
         base_seq: u32,
-        results: &mut [Option<Result<(), IpvsError>>],
+        results: &mut Applied,
     ) -> Result<(), IpvsError> {
         self.socket.send(&self.tx).await?;
         let mut pending = chunk.len();
@@ -638,7 +636,7 @@ impl IpvsHandle {
         ops: &[Operation],
         chunk: &Range<usize>,
         base_seq: u32,
-        results: &mut [Option<Result<(), IpvsError>>],
+        results: &mut Applied,
         pending: &mut usize,
     ) {
         while *pending > 0 {
@@ -658,13 +656,101 @@ impl IpvsHandle {
     }
 }
 
+/// The outcome of [`IpvsHandle::apply`]: one result per operation, in order. Kept compactly
+/// (a flag per operation and the errors of those that failed): a batch may hold 100,000s of
+/// operations, nearly all acknowledged, and a full `Result` each was 40 bytes apiece while
+/// the operations themselves were still alive.
+#[derive(Debug)]
+pub struct Applied {
+    answered: Vec<bool>,
+    errors: BTreeMap<usize, IpvsError>,
+}
+
+impl Applied {
+    fn new(len: usize) -> Self {
+        Self {
+            answered: vec![false; len],
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn is_answered(&self, index: usize) -> bool {
+        self.answered.get(index).copied().unwrap_or(true)
+    }
+
+    fn set(&mut self, index: usize, result: Result<(), IpvsError>) {
+        if let Some(answered) = self.answered.get_mut(index) {
+            *answered = true;
+        }
+        if let Err(e) = result {
+            self.errors.insert(index, e);
+        }
+    }
+
+    /// The number of operations (= results).
+    pub fn len(&self) -> usize {
+        self.answered.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answered.is_empty()
+    }
+
+    /// How many failed.
+    pub fn failed(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// The results in operation order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(), &IpvsError>> + '_ {
+        (0..self.len()).map(|i| self.errors.get(&i).map_or(Ok(()), Err))
+    }
+}
+
+impl IntoIterator for Applied {
+    type Item = Result<(), IpvsError>;
+    type IntoIter = AppliedIter;
+
+    fn into_iter(self) -> AppliedIter {
+        AppliedIter {
+            next: 0,
+            len: self.answered.len(),
+            errors: self.errors.into_iter().peekable(),
+        }
+    }
+}
+
+/// The results of an [`Applied`], owned, in operation order.
+#[derive(Debug)]
+pub struct AppliedIter {
+    next: usize,
+    len: usize,
+    errors: std::iter::Peekable<std::collections::btree_map::IntoIter<usize, IpvsError>>,
+}
+
+impl Iterator for AppliedIter {
+    type Item = Result<(), IpvsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.len {
+            return None;
+        }
+        let index = self.next;
+        self.next += 1;
+        match self.errors.next_if(|(i, _)| *i == index) {
+            Some((_, e)) => Some(Err(e)),
+            None => Some(Ok(())),
+        }
+    }
+}
+
 /// Records the acks in one datagram against the operations of the chunk they answer.
 fn absorb_acks(
     rx: &[u8],
     ops: &[Operation],
     chunk: &Range<usize>,
     base_seq: u32,
-    results: &mut [Option<Result<(), IpvsError>>],
+    results: &mut Applied,
     pending: &mut usize,
 ) -> Result<(), IpvsError> {
     for m in codec::split_messages(rx) {
@@ -677,20 +763,23 @@ fn absorb_acks(
             continue; // not ours: an answer to an earlier request
         }
         let index = chunk.start + offset;
-        if results[index].is_some() {
+        if results.is_answered(index) {
             continue;
         }
         let code = codec::error_code(payload).map_err(|e| IpvsError::Decode(e.to_string()))?;
         let op = &ops[index];
-        results[index] = Some(if code == 0 {
-            Ok(())
-        } else {
-            Err(IpvsError::kernel(
-                op.describe(),
-                -code,
-                op.is_service_command(),
-            ))
-        });
+        results.set(
+            index,
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(IpvsError::kernel(
+                    op.describe(),
+                    -code,
+                    op.is_service_command(),
+                ))
+            },
+        );
         *pending = pending.saturating_sub(1);
     }
     Ok(())

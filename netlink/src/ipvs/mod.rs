@@ -10,5 +10,5 @@ pub mod types;
 pub use codec::{
     DestinationEntry, IpvsInfo, IpvsReply, IpvsRequest, RawAttr, ServiceEntry, Timeouts,
 };
-pub use handle::{BatchLimits, ErrorKind, IpvsError, IpvsHandle, Operation};
+pub use handle::{Applied, AppliedIter, BatchLimits, ErrorKind, IpvsError, IpvsHandle, Operation};
 pub use types::*;
