@@ -139,7 +139,7 @@ pub fn ipvs_operations_of(
     for (key, want) in wanted {
         match observed.services.get(key) {
             None => {
-                ops.push(Operation::AddService(want.service.clone()));
+                ops.push(Operation::AddService(Box::new(want.service.clone())));
                 ops.extend(
                     want.destinations
                         .values()
@@ -148,7 +148,7 @@ pub fn ipvs_operations_of(
             }
             Some(have) => {
                 if have.service != want.service {
-                    ops.push(Operation::UpdateService(want.service.clone()));
+                    ops.push(Operation::UpdateService(Box::new(want.service.clone())));
                 }
                 destination_operations(key, want, have, &mut ops);
             }
@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(
             ipvs_operations(&want, &Table::default(), &v4_only()),
             vec![
-                Operation::AddService(Service::new(k, Scheduler::rr())),
+                Operation::AddService(Box::new(Service::new(k, Scheduler::rr()))),
                 Operation::AddDestination(k, Destination::masq(ip("10.0.0.2"), 6443)),
                 Operation::AddDestination(k, Destination::masq(ip("10.0.0.3"), 6443)),
             ]
@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(
             ipvs_operations(&want, &have, &v4_only()),
             vec![
-                Operation::UpdateService(sticky),
+                Operation::UpdateService(Box::new(sticky)),
                 Operation::DeleteDestination(k, Destination::masq(ip("10.0.0.9"), 80).key()),
                 Operation::UpdateDestination(k, Destination::masq(ip("10.0.0.2"), 80)),
                 Operation::AddDestination(k, Destination::masq(ip("10.0.0.3"), 80)),

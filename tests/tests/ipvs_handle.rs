@@ -156,7 +156,10 @@ fn bulk_ops(services: usize, per_service: usize) -> Vec<Operation> {
     let mut ops = Vec::with_capacity(services * (per_service + 1));
     for i in 0..services {
         let key = tcp(&format!("10.96.{}.{}", i / 250, i % 250 + 1), 80);
-        ops.push(Operation::AddService(Service::new(key, Scheduler::rr())));
+        ops.push(Operation::AddService(Box::new(Service::new(
+            key,
+            Scheduler::rr(),
+        ))));
         for j in 0..per_service {
             let rs = ip(&format!("10.255.{}.{}", 1 + j / 250, j % 250 + 1));
             ops.push(Operation::AddDestination(key, Destination::masq(rs, 8080)));

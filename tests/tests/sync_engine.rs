@@ -429,10 +429,13 @@ fn writes_refused_for_a_stale_read_are_redone_in_the_same_sync() {
         };
         let ops = [
             // Read as missing, but there: becomes an update.
-            Operation::AddService(Service::new(tcp(1), Scheduler::new("wrr").unwrap())),
+            Operation::AddService(Box::new(Service::new(
+                tcp(1),
+                Scheduler::new("wrr").unwrap(),
+            ))),
             Operation::AddDestination(tcp(1), rs.clone()),
             // Read as present, but gone: becomes an add, then its real server lands.
-            Operation::UpdateService(Service::new(tcp(2), Scheduler::rr())),
+            Operation::UpdateService(Box::new(Service::new(tcp(2), Scheduler::rr()))),
             Operation::UpdateDestination(tcp(2), rs.clone()),
             // Already gone: nothing to do.
             Operation::DeleteService(tcp(3)),

@@ -707,12 +707,22 @@ mod tests {
         let redo = |op: Operation, kind| stale_view_recovery(&op, kind);
         use ErrorKind::*;
         assert_eq!(
-            redo(Operation::AddService(service.clone()), AlreadyExists),
-            Some(Recovery::Redo(Operation::UpdateService(service.clone())))
+            redo(
+                Operation::AddService(Box::new(service.clone())),
+                AlreadyExists
+            ),
+            Some(Recovery::Redo(Operation::UpdateService(Box::new(
+                service.clone()
+            ))))
         );
         assert_eq!(
-            redo(Operation::UpdateService(service.clone()), NoSuchService),
-            Some(Recovery::Redo(Operation::AddService(service.clone())))
+            redo(
+                Operation::UpdateService(Box::new(service.clone())),
+                NoSuchService
+            ),
+            Some(Recovery::Redo(Operation::AddService(Box::new(
+                service.clone()
+            ))))
         );
         assert_eq!(
             redo(Operation::AddDestination(key, rs.clone()), AlreadyExists),
@@ -739,7 +749,10 @@ mod tests {
         );
         // Refusals that say nothing about a stale read stay failures.
         assert_eq!(
-            redo(Operation::AddService(service.clone()), UnknownScheduler),
+            redo(
+                Operation::AddService(Box::new(service.clone())),
+                UnknownScheduler
+            ),
             None
         );
         assert_eq!(

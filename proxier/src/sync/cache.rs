@@ -147,12 +147,12 @@ impl KernelCache {
         } = &mut self.observed;
         match op {
             Operation::AddService(s) => {
-                ipvs.services.insert(s.key, VirtualServer::new(s));
+                ipvs.services.insert(s.key, VirtualServer::new(*s));
             }
             Operation::UpdateService(s) => match ipvs.services.get_mut(&s.key) {
-                Some(vs) => vs.service = s,
+                Some(vs) => vs.service = *s,
                 None => {
-                    ipvs.services.insert(s.key, VirtualServer::new(s));
+                    ipvs.services.insert(s.key, VirtualServer::new(*s));
                 }
             },
             Operation::DeleteService(k) => {
@@ -427,7 +427,7 @@ mod tests {
         let plan = plan_of(&objects, &options);
         // An empty node but for a foreign virtual server inside the excluded CIDR.
         let mut cache = KernelCache::default();
-        cache.apply_ipvs(&[Operation::AddService(foreign())]);
+        cache.apply_ipvs(&[Operation::AddService(Box::new(foreign()))]);
         let changes = decide(&plan, &cache.observed, &options.ownership());
         assert!(changes.create_dummy);
         assert!(!changes.ipvs.is_empty());
@@ -493,7 +493,7 @@ mod tests {
         let key = svc.key;
         let d = Destination::masq("10.244.0.1".parse::<IpAddr>().unwrap(), 80);
         cache.apply_ipvs(&[
-            Operation::AddService(svc.clone()),
+            Operation::AddService(Box::new(svc.clone())),
             Operation::AddDestination(key, d.clone()),
         ]);
         assert_eq!(cache.observed.ipvs.services[&key].destinations.len(), 1);
@@ -505,7 +505,7 @@ mod tests {
         updated.timeout = 10;
         cache.apply_ipvs(&[
             Operation::UpdateDestination(key, zero.clone()),
-            Operation::UpdateService(updated.clone()),
+            Operation::UpdateService(Box::new(updated.clone())),
         ]);
         let vs = &cache.observed.ipvs.services[&key];
         assert_eq!(vs.service, updated);
@@ -528,7 +528,7 @@ mod tests {
         let key = svc.key;
         let d = Destination::masq("10.244.0.1".parse::<IpAddr>().unwrap(), 80);
         cache.apply_ipvs(&[
-            Operation::AddService(svc.clone()),
+            Operation::AddService(Box::new(svc.clone())),
             Operation::AddDestination(key, d.clone()),
         ]);
         // The kernel lost the real server and has other counters: the view follows it.

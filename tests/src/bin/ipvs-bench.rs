@@ -24,7 +24,10 @@ fn content(n: usize) -> Vec<Operation> {
             addr: IpAddr::V4(Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)),
             port: 80,
         };
-        ops.push(Operation::AddService(Service::new(key, Scheduler::rr())));
+        ops.push(Operation::AddService(Box::new(Service::new(
+            key,
+            Scheduler::rr(),
+        ))));
         for j in 0..REAL_SERVERS {
             let rs = IpAddr::V4(Ipv4Addr::new(10, 255, 0, (j + 2) as u8));
             ops.push(Operation::AddDestination(key, Destination::masq(rs, 8080)));
