@@ -37,6 +37,8 @@ const IPSET_FLAG_LIST_SETNAME: u32 = 1 << 1;
 const MAX_ADT_BYTES: usize = 32 * 1024;
 /// Bytes per `send`: below the default `SO_SNDBUF` (212992) so no socket option is needed.
 const MAX_SEND_BYTES: usize = 128 * 1024;
+/// ADD/DEL messages built (as typed messages) per round trip: one `send`'s worth.
+const MESSAGES_PER_SEND: usize = MAX_SEND_BYTES / MAX_ADT_BYTES;
 /// Receive buffer for one datagram: a failing message comes back whole inside NLMSG_ERROR.
 const RECV_BUF_BYTES: usize = 256 * 1024;
 /// Requested `SO_RCVBUF`, so acks of a full send and error echoes are never dropped.
@@ -447,61 +449,11 @@ impl IpsetHandle {
         let mut failures = Vec::new();
         let mut pending: Vec<&[Element]> = chunks(&elements);
         while !pending.is_empty() {
-            let messages: Vec<IpsetMessage> = pending
-                .iter()
-                .map(|chunk| {
-                    let adt = chunk
-                        .iter()
-                        .zip(1u32..)
-                        .map(|(e, line)| {
-                            let mut attrs = e.attrs.clone();
-                            attrs.push(ElemAttr::LineNo(line));
-                            attrs
-                        })
-                        .collect();
-                    IpsetMessage::request(
-                        command,
-                        NFPROTO_UNSPEC,
-                        self.protocol,
-                        vec![
-                            CmdAttr::SetName(set.to_owned()),
-                            // Present so the kernel reports the failing element's line.
-                            CmdAttr::LineNo(0),
-                            CmdAttr::Adt(adt),
-                        ],
-                    )
-                })
-                .collect();
-            let answers = self.transact(op, set, messages)?;
             let mut next = Vec::new();
-            for (chunk, answer) in pending.iter().zip(answers) {
-                match answer {
-                    Answer::Ack => {}
-                    Answer::Nack {
-                        errno,
-                        line: Some(line),
-                    } if line >= 1 && (line as usize) <= chunk.len() => {
-                        let at = line as usize - 1;
-                        failures.push(ElementFailure {
-                            element: chunk[at].name.clone(),
-                            errno,
-                            message: describe_errno(errno),
-                        });
-                        // The kernel stopped at the failing element: resend the rest.
-                        if at + 1 < chunk.len() {
-                            next.push(&chunk[at + 1..]);
-                        }
-                    }
-                    Answer::Nack { errno, .. } => {
-                        // Not about one element (e.g. the set is missing): nothing applied.
-                        return Err(IpsetError::Kernel {
-                            op,
-                            set: set.to_owned(),
-                            errno,
-                            message: describe_errno(errno),
-                        });
-                    }
-                }
+            // A few messages per send: built all at once, the messages of a 10,000-member
+            // set were a second copy of its elements (several MiB at a cold sync's peak).
+            for window in pending.chunks(MESSAGES_PER_SEND) {
+                self.batch_window(op, command, set, window, &mut failures, &mut next)?;
             }
             pending = next;
         }
@@ -514,6 +466,75 @@ impl IpsetHandle {
                 failures,
             })
         }
+    }
+
+    /// Sends one message per chunk of `window`; what a failing element left unsent goes to
+    /// `next`, the failure to `failures`.
+    fn batch_window<'e>(
+        &mut self,
+        op: &'static str,
+        command: u8,
+        set: &str,
+        window: &[&'e [Element]],
+        failures: &mut Vec<ElementFailure>,
+        next: &mut Vec<&'e [Element]>,
+    ) -> Result<(), IpsetError> {
+        let messages: Vec<IpsetMessage> = window
+            .iter()
+            .map(|chunk| {
+                let adt = chunk
+                    .iter()
+                    .zip(1u32..)
+                    .map(|(e, line)| {
+                        let mut attrs = e.attrs.clone();
+                        attrs.push(ElemAttr::LineNo(line));
+                        attrs
+                    })
+                    .collect();
+                IpsetMessage::request(
+                    command,
+                    NFPROTO_UNSPEC,
+                    self.protocol,
+                    vec![
+                        CmdAttr::SetName(set.to_owned()),
+                        // Present so the kernel reports the failing element's line.
+                        CmdAttr::LineNo(0),
+                        CmdAttr::Adt(adt),
+                    ],
+                )
+            })
+            .collect();
+        let answers = self.transact(op, set, messages)?;
+        for (chunk, answer) in window.iter().zip(answers) {
+            match answer {
+                Answer::Ack => {}
+                Answer::Nack {
+                    errno,
+                    line: Some(line),
+                } if line >= 1 && (line as usize) <= chunk.len() => {
+                    let at = line as usize - 1;
+                    failures.push(ElementFailure {
+                        element: chunk[at].name.clone(),
+                        errno,
+                        message: describe_errno(errno),
+                    });
+                    // The kernel stopped at the failing element: resend the rest.
+                    if at + 1 < chunk.len() {
+                        next.push(&chunk[at + 1..]);
+                    }
+                }
+                Answer::Nack { errno, .. } => {
+                    // Not about one element (e.g. the set is missing): nothing applied.
+                    return Err(IpsetError::Kernel {
+                        op,
+                        set: set.to_owned(),
+                        errno,
+                        message: describe_errno(errno),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One request that expects an ack.

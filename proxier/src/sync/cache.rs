@@ -52,28 +52,32 @@ impl KernelCache {
         rules: Vec<(AddressFamily, String)>,
         plan: &Plan,
     ) {
-        let o = &mut self.observed;
-        o.dummy_index = dummy_index;
-        o.bound.extend(changes.vips.bind.iter().copied());
-        for addr in &changes.vips.unbind {
-            o.bound.remove(addr);
-        }
-        for (_, sets) in &changes.ipsets {
-            for c in sets {
-                let members = o.ipsets.entry(c.spec.name.clone()).or_default();
-                for m in &c.del {
-                    members.remove(m);
-                }
-                members.extend(c.add.iter().cloned());
-            }
-        }
         let Changes {
+            vips,
+            ipsets,
             ipvs,
             stale_services,
             ..
         } = changes;
+        // The IPVS operations first: the set members below then reuse their memory.
         self.take_ipvs(ipvs, plan);
         self.take_ipvs(stale_services, plan);
+        let o = &mut self.observed;
+        o.dummy_index = dummy_index;
+        o.bound.extend(vips.bind.iter().copied());
+        for addr in &vips.unbind {
+            o.bound.remove(addr);
+        }
+        for (_, sets) in ipsets {
+            for c in sets {
+                let members = o.ipsets.entry(c.spec.name).or_default();
+                for m in &c.del {
+                    members.remove(m);
+                }
+                // Moved, not copied: a cold sync adds ~40,000 members at 10,000 Services.
+                members.extend(c.add);
+            }
+        }
         self.rules = rules;
     }
 

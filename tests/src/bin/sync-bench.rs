@@ -219,6 +219,17 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
         cold.real_servers
     );
 
+    // Where the peak happens (VmHWM only grows): printed after each phase.
+    let peak = |phase: &str| {
+        if let Ok(kib) = vm_hwm_kib() {
+            eprintln!(
+                "N={n}: peak RSS after {phase}: {:.1} MiB",
+                kib as f64 / 1024.0
+            );
+        }
+    };
+    peak("the cold sync");
+
     // No-op resync.
     let (noop, noop_t) = sync(&mut s, &objects).await?;
     put("noop_s", format!("{:.3}", noop_t.as_secs_f64()));
@@ -226,6 +237,8 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
     if noop.writes.total() != 0 {
         eprintln!("N={n}: no-op resync wrote: {:?}", noop.writes);
     }
+
+    peak("the no-op resync");
 
     // Restart: a new Syncer (no state) over the programmed kernel.
     drop(s);
@@ -240,6 +253,8 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
         restart_t.as_secs_f64(),
         restart.writes.total()
     );
+
+    peak("the restart");
 
     // One endpoint change at a time, spread over the Services.
     let mut times = Vec::new();
@@ -327,6 +342,11 @@ async fn run(n: u32, changes: usize) -> Res<Vec<(&'static str, String)>> {
         );
     }
     put("vmhwm_kib", vm_hwm_kib()?.to_string());
+    peak("the changes and a full sync");
+    if std::env::var_os("SYNC_BENCH_NO_PEERS").is_some() {
+        // A quick run (profiling): no ipvsadm-restore / ipset restore comparison.
+        return Ok(row);
+    }
 
     // The same IPVS content with ipvsadm-restore, from an empty table.
     let plan = s.last_plan().ok_or("no plan after a sync")?;
