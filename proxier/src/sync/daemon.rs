@@ -342,14 +342,7 @@ impl Daemon {
                 .sync_incremental_with(&units, nodes, 0, all)
                 .await
         } else {
-            let (services, slices) = all();
-            let objects = ObjectRefs {
-                services: &services,
-                endpoint_slices: &slices,
-                nodes,
-                diagnostics: 0,
-            };
-            self.syncer.sync_objects(objects).await
+            self.syncer.sync_all(nodes, 0, &all).await
         };
         let took = started.elapsed();
         // A requested sync may still have been full (periodic resync due, no cache yet).

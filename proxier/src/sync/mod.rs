@@ -360,8 +360,9 @@ impl Syncer {
         Ok(self.finish(state, objects.diagnostics, conntrack, out, timings, None))
     }
 
-    /// [`Syncer::sync_objects`] over every object, collected by `all`.
-    async fn sync_all<'o>(
+    /// [`Syncer::sync_objects`] over every object, as `all` collects them (for callers that
+    /// lend their objects, as [`Syncer::sync_incremental_with`]).
+    pub async fn sync_all<'o>(
         &mut self,
         nodes: &'o [k8s_openapi::api::core::v1::Node],
         diagnostics: usize,
@@ -534,28 +535,9 @@ impl Syncer {
             plan: plan_time,
             apply,
         };
-        // The stale-flow check needs every object only when the whole plan was rebuilt.
-        let flows = if delta.is_some() {
-            FlowInput::Units(units)
-        } else {
-            let (services, slices) = all();
-            let objects = ObjectRefs {
-                services: &services,
-                endpoint_slices: &slices,
-                nodes,
-                diagnostics,
-            };
-            let conntrack = self.clean_stale_flows(FlowInput::All(objects), &mut out);
-            return Ok(self.finish(
-                state,
-                diagnostics,
-                conntrack,
-                out,
-                timings,
-                Some(reread.len()),
-            ));
-        };
-        let conntrack = self.clean_stale_flows(flows, &mut out);
+        // Only the changed Services' objects differ from the last sync's, even when a clash
+        // made the plan whole again: the other Services' parts of the check still hold.
+        let conntrack = self.clean_stale_flows(FlowInput::Units(units), &mut out);
         Ok(self.finish(
             state,
             diagnostics,
