@@ -179,7 +179,8 @@ fn one_bad_element_is_named_and_the_rest_of_the_batch_lands() {
             .add("MISSING", SetType::HashIp, &members[..1])
             .unwrap_err();
         assert!(err.to_string().contains("MISSING"), "{err}");
-        // A full set: the elements over maxelem fail by name, the others stay.
+        // A full set: the first element over maxelem fails by name and the rest is counted
+        // as not tried (each would fail the same way, a round trip apiece); the others stay.
         let mut small = SetSpec::new("SMALL", SetType::HashIp, AddressFamily::Inet);
         small.max_elements = 2;
         let many: Vec<Member> = (1..=4)
@@ -189,8 +190,29 @@ fn one_bad_element_is_named_and_the_rest_of_the_batch_lands() {
         let IpsetError::Elements { failures, .. } = &err else {
             panic!("expected element failures, got {err}");
         };
-        assert_eq!(failures.len(), 2, "{err}");
+        let got: Vec<(&str, usize)> = failures
+            .iter()
+            .map(|f| (f.element.as_str(), f.not_tried))
+            .collect();
+        assert_eq!(got, [("10.1.0.3", 1)], "{err}");
         assert_eq!(h.list("SMALL").unwrap().members.len(), 2);
+        // Thousands over the limit: one failure per message sent, every element accounted.
+        let mut limited = SetSpec::new("LIMITED", SetType::HashIp, AddressFamily::Inet);
+        limited.max_elements = 100;
+        let lots: Vec<Member> = (0..5000u32)
+            .map(|i| Member::Ip(ip(&format!("10.2.{}.{}", i / 250, 1 + i % 250))))
+            .collect();
+        let err = h.sync_set(&limited, &lots).unwrap_err();
+        let IpsetError::Elements { failures, .. } = &err else {
+            panic!("expected element failures, got {err}");
+        };
+        let accounted: usize = failures.iter().map(|f| 1 + f.not_tried).sum();
+        assert_eq!(accounted, 4900, "{failures:?}");
+        assert!(
+            failures.len() <= 4,
+            "one per message of the first send: {failures:?}"
+        );
+        assert_eq!(h.list("LIMITED").unwrap().members.len(), 100);
     });
 }
 

@@ -21,6 +21,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, constants::NETLINK_NETFILTER};
 
+use super::codec::errno as ipset_errno;
 use super::codec::{
     CmdAttr, CreateAttr, ElemAttr, IPSET_MAXNAMELEN, IPSET_PROTOCOL, IPSET_PROTOCOL_MIN,
     IpsetMessage, NFPROTO_UNSPEC, cmd, describe_errno, member_attrs, member_from_attrs,
@@ -99,6 +100,9 @@ pub struct ElementFailure {
     pub element: String,
     pub errno: i32,
     pub message: String,
+    /// Elements after this one that were not tried: an add found the hash set full, and
+    /// every further add would fail the same way (one round trip each).
+    pub not_tried: usize,
 }
 
 /// A set as the kernel lists it.
@@ -446,14 +450,27 @@ impl IpsetHandle {
         set: &str,
         elements: Vec<Element>,
     ) -> Result<(), IpsetError> {
-        let mut failures = Vec::new();
+        let mut failures: Vec<ElementFailure> = Vec::new();
         let mut pending: Vec<&[Element]> = chunks(&elements);
-        while !pending.is_empty() {
+        let mut full = false;
+        while !pending.is_empty() && !full {
             let mut next = Vec::new();
             // A few messages per send: built all at once, the messages of a 10,000-member
             // set were a second copy of its elements (several MiB at a cold sync's peak).
-            for window in pending.chunks(MESSAGES_PER_SEND) {
-                self.batch_window(op, command, set, window, &mut failures, &mut next)?;
+            let mut windows = pending.chunks(MESSAGES_PER_SEND);
+            for window in windows.by_ref() {
+                full = self.batch_window(op, command, set, window, &mut failures, &mut next)?;
+                if full {
+                    break;
+                }
+            }
+            if full {
+                // Nothing more can be added: count what is left instead of trying it.
+                let left: usize = windows.flatten().map(|c| c.len()).sum::<usize>()
+                    + next.iter().map(|c| c.len()).sum::<usize>();
+                if let Some(last) = failures.last_mut() {
+                    last.not_tried += left;
+                }
             }
             pending = next;
         }
@@ -469,7 +486,8 @@ impl IpsetHandle {
     }
 
     /// Sends one message per chunk of `window`; what a failing element left unsent goes to
-    /// `next`, the failure to `failures`.
+    /// `next`, the failure to `failures`. `Ok(true)`: an add found the hash set full (the
+    /// rest of each chunk is then counted as not tried, not queued).
     fn batch_window<'e>(
         &mut self,
         op: &'static str,
@@ -478,7 +496,8 @@ impl IpsetHandle {
         window: &[&'e [Element]],
         failures: &mut Vec<ElementFailure>,
         next: &mut Vec<&'e [Element]>,
-    ) -> Result<(), IpsetError> {
+    ) -> Result<bool, IpsetError> {
+        let mut full = false;
         let messages: Vec<IpsetMessage> = window
             .iter()
             .map(|chunk| {
@@ -513,14 +532,24 @@ impl IpsetHandle {
                     line: Some(line),
                 } if line >= 1 && (line as usize) <= chunk.len() => {
                     let at = line as usize - 1;
+                    // A hash set is full: every hash type's element has an IP. (A bitmap
+                    // set reports an out-of-range element with the same errno: that one is
+                    // per element, so the rest is resent.)
+                    let set_full = full
+                        || (command == cmd::ADD
+                            && errno == ipset_errno::TYPE_SPECIFIC
+                            && chunk[at].attrs.iter().any(|a| matches!(a, ElemAttr::Ip(_))));
+                    let rest = &chunk[at + 1..];
                     failures.push(ElementFailure {
                         element: chunk[at].name.clone(),
                         errno,
                         message: describe_errno(errno),
+                        not_tried: if set_full { rest.len() } else { 0 },
                     });
+                    full |= set_full;
                     // The kernel stopped at the failing element: resend the rest.
-                    if at + 1 < chunk.len() {
-                        next.push(&chunk[at + 1..]);
+                    if !set_full && !rest.is_empty() {
+                        next.push(rest);
                     }
                 }
                 Answer::Nack { errno, .. } => {
@@ -534,7 +563,7 @@ impl IpsetHandle {
                 }
             }
         }
-        Ok(())
+        Ok(full)
     }
 
     /// One request that expects an ack.

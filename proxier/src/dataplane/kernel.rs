@@ -676,10 +676,16 @@ fn member_batch(
     match result {
         Ok(()) => 0,
         Err(IpsetError::Elements { failures, .. }) => {
+            let mut failed = 0;
             for f in &failures {
-                out.fail(format!("ipset {op} {set} {}", f.element), &f.message);
+                let object = match f.not_tried {
+                    0 => format!("ipset {op} {set} {}", f.element),
+                    n => format!("ipset {op} {set} {} (and {n} more not tried)", f.element),
+                };
+                out.fail(object, &f.message);
+                failed += 1 + f.not_tried;
             }
-            failures.len().min(members.len())
+            failed.min(members.len())
         }
         Err(e) => {
             out.fail(format!("ipset {op} {set}"), e);
