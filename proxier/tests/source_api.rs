@@ -174,6 +174,24 @@ async fn started(server: &ApiServer) -> source::Source {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_longer_than_a_page_arrives_whole() {
+    // kube asks for pages of 500; 1,201 Services take three.
+    let server = ApiServer::start().await;
+    for i in 0..1201 {
+        server.apply(&service(
+            &format!("svc-{i}"),
+            &format!("10.96.{}.{}", i / 250, 1 + i % 250),
+            &[],
+        ));
+    }
+    let src = started(&server).await;
+    let snap = src.objects().snapshot();
+    assert_eq!(snap.services.len(), 1201);
+    assert!(snap.services.contains_key(&key("svc-1200")));
+    assert_eq!(server.stats().service_lists, 3, "one list request per page");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_lists_make_it_ready_with_filtered_objects() {
     let server = cluster().await;
     let src = source::api::start(server.client(), &options());

@@ -387,12 +387,31 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
     {
         watch_stream(shared, stream, kind, &request, &selector).await;
     } else {
+        // Pages as a real API server does for `limit` (client-go and kube send 500): the
+        // `continue` token is the offset of the next page. Consistent only while nothing is
+        // written between pages, which holds for the tests that list more than a page.
+        let limit = request
+            .query
+            .get("limit")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let offset = request
+            .query
+            .get("continue")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
         let body = shared.update(|s| {
             *s.lists.entry(kind).or_default() += 1;
-            let items: Vec<Value> = s
-                .objects
-                .iter()
-                .filter(|((k, _, _), o)| *k == kind && selector.matches(o))
+            let matching = || {
+                s.objects
+                    .iter()
+                    .filter(|((k, _, _), o)| *k == kind && selector.matches(o))
+            };
+            let more = matching().count() > offset.saturating_add(limit);
+            let items: Vec<Value> = matching()
+                .skip(offset)
+                .take(limit)
                 .map(|(_, o)| {
                     // Items of a real list response carry no kind/apiVersion.
                     let mut o = o.clone();
@@ -404,10 +423,14 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
                 })
                 .collect();
             let (api_version, list_kind) = kind.list_kind();
+            let mut metadata = json!({"resourceVersion": s.rv.to_string()});
+            if more {
+                metadata["continue"] = json!((offset + limit).to_string());
+            }
             json!({
                 "apiVersion": api_version,
                 "kind": list_kind,
-                "metadata": {"resourceVersion": s.rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             })
         });
