@@ -125,6 +125,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: see `memory::single_arena`.
+    ipvs_proxier::memory::single_arena();
     let cli = Invocation::parse();
     match cli.command {
         Some(command) => {

@@ -822,3 +822,111 @@ fn daemon_as_nobody_with_two_capabilities_listens_only_where_configured() {
         stop_cleanly(&mut daemon);
     });
 }
+
+/// Issue 8's memory figure for the daemon process itself (a benchmark, not run by default):
+/// 10,000 ClusterIP Services x 10 ready endpoints served by the test API server; the daemon
+/// lists them, programs an empty namespace, then runs two periodic full syncs. Prints its
+/// peak RSS (VmHWM) and how long the first sync took to show. Build it in release, as
+/// deployed: `LAB_CARGO_FLAGS=--release tests/lab/test daemon_peak_rss -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: minutes in the emulated guest; run on purpose"]
+fn daemon_peak_rss_at_ten_thousand_services() {
+    require_lab();
+    case().run(|| async {
+        const N: u32 = 10_000;
+        const EPS: u32 = 10;
+        // 100,000 distinct endpoint addresses: 10.244.0.1 upwards, into 10.245/16.
+        let endpoint = |n: u32| {
+            format!(
+                "10.{}.{}.{}",
+                244 + n / 62_500,
+                (n / 250) % 250,
+                1 + n % 250
+            )
+        };
+        let (api, mut cluster) = start_case().await;
+        cluster.put_node(&api, node());
+        let listed = Instant::now();
+        for i in 0..N {
+            let name = format!("svc-{i}");
+            cluster.put_service(&api, cluster_ip_service(&name, &svc_ip(i), &[HTTP]));
+            let addrs: Vec<(String, Conditions)> =
+                (0..EPS).map(|e| (endpoint(i * EPS + e), READY)).collect();
+            let mut es = slice(&format!("{name}-a"), &name, &[HTTP], &addrs);
+            // On other nodes, as in sync-bench: 100,000 endpoints local to one node would
+            // be 100,000 hairpin set members, over ipset's maxelem (65,536).
+            for (e, endpoint) in es.endpoints.iter_mut().enumerate() {
+                endpoint.node_name = Some(format!("node-{}", 2 + e % 5));
+            }
+            cluster.put_slice(&api, es);
+        }
+        eprintln!(
+            "API server holds {N} Services x {EPS} endpoints after {:?}",
+            listed.elapsed()
+        );
+        let dir = scratch("scale");
+        let mut args = base_args(&api.url(), &dir);
+        args.extend(["--ipvs-sync-period".to_owned(), "20s".to_owned()]);
+        if std::env::var_os("SCALE_NO_STATE_FILE").is_some() {
+            // Profiling: without the status file (its owner map is built every sync).
+            if let Some(at) = args.iter().position(|a| a == "--state-file") {
+                args.drain(at..at + 2);
+            }
+        }
+        let mut daemon = Daemon::start(&args, dir.join("daemon.log"), Privilege::Root);
+        let started = Instant::now();
+        // + the foreign virtual server and real server.
+        let want = (N as usize + 1, (N * EPS) as usize + 1);
+        loop {
+            if ip_vs_counts() == want {
+                break;
+            }
+            daemon.assert_running("first sync");
+            assert!(
+                started.elapsed() < SLACK * 10,
+                "the first sync never completed"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let first = started.elapsed();
+        let status = |daemon: &Daemon, key: &str| -> u64 {
+            daemon
+                .proc_status()
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        let after_first = status(&daemon, "VmHWM:");
+        // Two periodic full syncs (each re-reads all 111,000 real servers).
+        let want_full = full_syncs(&daemon) + 2;
+        let waited = Instant::now();
+        while full_syncs(&daemon) < want_full && waited.elapsed() < SLACK * 4 {
+            daemon.assert_running("periodic syncs");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let log = daemon.log();
+        let syncs: Vec<&str> = log.lines().filter(|l| l.contains("sync done")).collect();
+        eprintln!("{} syncs logged, the last ones:", syncs.len());
+        for l in syncs.iter().rev().take(4).rev() {
+            eprintln!("  {l}");
+        }
+        assert!(
+            full_syncs(&daemon) >= want_full,
+            "fewer than 2 periodic full syncs"
+        );
+        let rss = daemon.rss_kib();
+        let peak = status(&daemon, "VmHWM:");
+        let line = format!(
+            "daemon at {N} Services x {EPS} endpoints: first sync visible after {first:?}; \
+             VmHWM {:.1} MiB after it, {:.1} MiB after two more full syncs; VmRSS then \
+             {:.1} MiB\n",
+            after_first as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            rss as f64 / 1024.0
+        );
+        eprint!("{line}");
+        write_artifact("daemon-peak-rss.txt", line.as_bytes()).unwrap();
+        stop_cleanly(&mut daemon);
+    });
+}
