@@ -14,7 +14,7 @@ use netlink::AddressFamily;
 use tokio::sync::watch;
 
 use crate::model::objects::Meta;
-use crate::model::{Model, ModelOptions, ServiceName, ServiceObject, SliceObject};
+use crate::model::{ServiceName, ServiceObject, SliceObject};
 use crate::plan::incremental::UnitObjects;
 
 /// `namespace/name` of a namespaced object.
@@ -103,13 +103,6 @@ impl Snapshot {
             }
         }
         self.slices_of = slices_of;
-    }
-
-    /// [`Model::build`] over the whole snapshot.
-    pub fn build_model(&self, options: &ModelOptions) -> (Model, Vec<crate::model::Diagnostic>) {
-        let services: Vec<&ServiceObject> = self.services.values().collect();
-        let slices: Vec<&SliceObject> = self.endpoint_slices.values().collect();
-        Model::build_refs(&services, &slices, self.node.as_slice(), options)
     }
 }
 

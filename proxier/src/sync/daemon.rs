@@ -34,13 +34,13 @@ use crate::config::{IptablesBackend, ProxierSettings};
 use crate::dataplane::iptables::{BackendChoice, Iptables};
 use crate::dataplane::kernel::{KernelOptions, family_name};
 use crate::model::Model;
-use crate::model::manifests::{Manifests, ObjectRefs};
+use crate::model::manifests::ObjectRefs;
 use crate::plan::NodePortAddresses;
 use crate::serve::{
     CancellationToken, HealthCheckServers, KernelObject, Metrics, OpResult, ProxyHealth,
     ServeError, Server, TrafficPolicy,
 };
-use crate::source::{self, Objects, Snapshot, SourceError, SourceOptions, TriggerTime};
+use crate::source::{self, Objects, SourceError, SourceOptions, TriggerTime};
 
 /// The dummy link's name, as kube-proxy.
 pub const DUMMY: &str = "kube-ipvs0";
@@ -114,16 +114,6 @@ pub fn kernel_options(settings: &ProxierSettings, families: Vec<AddressFamily>) 
         iptables_backend: backend_choice(settings.iptables_backend),
         sysctl_root: "/proc/sys".into(),
         dummy: DUMMY.to_owned(),
-    }
-}
-
-/// The objects of a snapshot in the form the sync engine takes.
-pub fn to_manifests(snapshot: &Snapshot) -> Manifests {
-    Manifests {
-        services: snapshot.services.values().cloned().collect(),
-        endpoint_slices: snapshot.endpoint_slices.values().cloned().collect(),
-        nodes: snapshot.node.iter().cloned().collect(),
-        diagnostics: Vec::new(),
     }
 }
 
