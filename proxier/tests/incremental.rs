@@ -12,11 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ipvs_proxier::model::{ServiceName, parse_manifests};
+use ipvs_proxier::model::{Model, ServiceName, parse_manifests};
 use ipvs_proxier::model::{ServiceObject as Service, SliceObject as EndpointSlice};
 use ipvs_proxier::plan::incremental::{PlanDelta, PlanState, group, service_unit, slice_unit};
 use ipvs_proxier::plan::{ConfigFile, NodeFacts, Plan, PlanConfig, plan_objects};
+use ipvs_proxier::sync::status;
 use k8s_openapi::api::core::v1::Node;
+use netlink::ipvs::ServiceKey;
 use proptest::prelude::*;
 
 struct Case {
@@ -253,6 +255,8 @@ proptest! {
         };
         let mut state = PlanState::build(&services, &slices, &c.nodes, &c.config, &c.facts);
         prop_assert_eq!(state.plan(), &full(&services, &slices));
+        let owners = state.updatable().then(|| owners_by_search(&services, state.plan(), c));
+        prop_assert_eq!(state.owners(), owners);
         let mut updated = 0;
         for step in 0..steps {
             let old = state.plan().clone();
@@ -267,6 +271,7 @@ proptest! {
                     if let Err(e) = delta_covers(&old, &want, &delta) {
                         prop_assert!(false, "step {}: {}", step, e);
                     }
+                    prop_assert_eq!(state.owners(), Some(owners_by_search(&services, &want, c)), "step {}", step);
                 }
                 None => {
                     // A clash: rebuilt from all objects, as the sync engine does.
@@ -277,6 +282,17 @@ proptest! {
         }
         prop_assert!(updated <= steps);
     }
+}
+
+/// The owner of each virtual server found as `ipvs-proxier status` did before the plan state
+/// kept them: by searching every Service of a model for the virtual server's address and port.
+fn owners_by_search(services: &[Service], plan: &Plan, c: &Case) -> BTreeMap<ServiceKey, String> {
+    let services: Vec<&Service> = services.iter().collect();
+    let (model, _) = Model::build_refs(&services, &[], &c.nodes, &c.config.model_options());
+    plan.families
+        .iter()
+        .flat_map(|f| status::owners(&model, &f.ipvs))
+        .collect()
 }
 
 /// The clash-free synthetic cluster of the benches updates unit by unit (never rebuilds).
@@ -304,4 +320,7 @@ fn synthetic_cluster_updates_without_rebuilding() {
             "{k}: {vs} virtual servers in the delta"
         );
     }
+    let owners = state.owners().expect("no clash");
+    assert_eq!(owners.len(), state.virtual_servers());
+    assert_eq!(owners, owners_by_search(&services, state.plan(), c));
 }

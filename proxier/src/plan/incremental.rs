@@ -33,7 +33,9 @@ use super::{
     FamilyParts, HealthCheck, NodeFacts, Plan, PlanConfig, SetName, iptables, plan_objects_refs,
     plan_parts, rule_inputs,
 };
-use crate::model::{Diagnostic, Model, NodeInfo, ServiceName, ServiceObject, SliceObject};
+use crate::model::{
+    Diagnostic, Model, NodeInfo, ServiceName, ServiceObject, ServicePortName, SliceObject,
+};
 
 /// The objects of one unit, borrowed from the caller's collection.
 #[derive(Debug, Default)]
@@ -109,7 +111,8 @@ pub enum NeedFull {
 /// One unit's part of one family.
 #[derive(Debug, Clone, Default)]
 struct UnitFamily {
-    virtual_servers: Vec<ServiceKey>,
+    /// With the name of the unit's port behind each (empty for an unnamed port).
+    virtual_servers: Vec<(ServiceKey, String)>,
     /// Set members; the bound addresses are the `KUBE-IPVS-IPS` ones (the planner fills
     /// that set from exactly the bind set).
     members: Vec<(SetName, Member)>,
@@ -266,6 +269,31 @@ impl PlanState {
         self.real_servers
     }
 
+    /// The Service port (`namespace/name` or `namespace/name:port`, as kube-proxy names it)
+    /// behind each virtual server of the plan, from what each unit keeps: no model is built
+    /// and no Service searched. `None` when two units clash (the plan is then the
+    /// whole-objects one and no unit is kept).
+    pub fn owners(&self) -> Option<BTreeMap<ServiceKey, String>> {
+        if self.clashed {
+            return None;
+        }
+        let mut owners = BTreeMap::new();
+        for (service, unit) in &self.units {
+            for (key, port) in unit.families.iter().flat_map(|f| &f.virtual_servers) {
+                let ServiceKey::Inet { protocol, .. } = *key else {
+                    continue;
+                };
+                let owner = ServicePortName {
+                    service: service.clone(),
+                    port: port.clone(),
+                    protocol,
+                };
+                owners.insert(*key, owner.to_string());
+            }
+        }
+        Some(owners)
+    }
+
     /// Whether updates are possible (no clash between units).
     pub fn updatable(&self) -> bool {
         !self.clashed
@@ -315,7 +343,7 @@ impl PlanState {
             .zip(self.plan.families.iter_mut())
             .zip(self.shared.iter_mut().zip(delta.families.iter_mut()))
         {
-            for k in uf.virtual_servers {
+            for (k, _) in uf.virtual_servers {
                 if let Some(vs) = fam.ipvs.services.remove(&k) {
                     self.real_servers -= vs.destinations.len();
                 }
@@ -430,6 +458,7 @@ impl PlanState {
                 health_checks,
                 no_local_internal,
                 no_local_external,
+                mut port_names,
                 ..
             } = part;
             let mut uf = UnitFamily {
@@ -445,7 +474,8 @@ impl PlanState {
                 if track {
                     fd.virtual_servers.insert(k);
                 }
-                uf.virtual_servers.push(k);
+                uf.virtual_servers
+                    .push((k, port_names.remove(&k).unwrap_or_default()));
             }
             for a in bind_addresses {
                 if !fam.bind_addresses.insert(a) {

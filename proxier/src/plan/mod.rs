@@ -200,6 +200,9 @@ pub(crate) struct FamilyParts {
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
     pub no_local_internal: usize,
     pub no_local_external: usize,
+    /// The port name (empty for an unnamed port) of the Service port behind each virtual
+    /// server: the incremental planner keeps it to name owners without the model.
+    pub port_names: HashMap<ServiceKey, String>,
 }
 
 impl FamilyParts {
@@ -528,6 +531,11 @@ impl<'a> FamilyPlanner<'a> {
             health_checks: out.health_checks,
             no_local_internal: out.no_local_internal.len(),
             no_local_external: out.no_local_external.len(),
+            port_names: out
+                .owners
+                .into_iter()
+                .map(|(key, spn)| (key, spn.port.clone()))
+                .collect(),
         }
     }
 

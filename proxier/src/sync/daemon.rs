@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use k8s_openapi::api::core::v1::Node;
 use netlink::AddressFamily;
 use netlink::ipvs::{Operation, ServiceKey};
 use tokio::signal::unix::{SignalKind, signal};
@@ -34,13 +35,12 @@ use crate::config::{IptablesBackend, ProxierSettings};
 use crate::dataplane::iptables::{BackendChoice, Iptables};
 use crate::dataplane::kernel::{KernelOptions, family_name};
 use crate::model::Model;
-use crate::model::manifests::ObjectRefs;
 use crate::plan::NodePortAddresses;
 use crate::serve::{
     CancellationToken, HealthCheckServers, KernelObject, Metrics, OpResult, ProxyHealth,
     ServeError, Server, TrafficPolicy,
 };
-use crate::source::{self, Objects, SourceError, SourceOptions, TriggerTime};
+use crate::source::{self, Objects, Snapshot, SourceError, SourceOptions, TriggerTime};
 
 /// The dummy link's name, as kube-proxy.
 pub const DUMMY: &str = "kube-ipvs0";
@@ -342,19 +342,8 @@ impl Daemon {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
                 let refused = report.failures.iter().any(|f| f.virtual_server.is_some());
-                let services: Vec<_> = if self.state_file.is_some() || refused {
-                    snapshot.services.values().collect()
-                } else {
-                    Vec::new()
-                };
-                let objects = ObjectRefs {
-                    services: &services,
-                    endpoint_slices: &[],
-                    nodes,
-                    diagnostics: 0,
-                };
                 if (self.state_file.is_some() || refused)
-                    && let Some(owners) = self.owners(objects)
+                    && let Some(owners) = self.owners(snapshot, nodes)
                 {
                     self.write_state(&owners);
                     log_refusals(&report.failures, &owners);
@@ -380,12 +369,18 @@ impl Daemon {
         outcome
     }
 
-    /// The Service port (`namespace/name:port`) behind each virtual server of the last plan.
-    fn owners(&self, objects: ObjectRefs<'_>) -> Option<BTreeMap<ServiceKey, String>> {
-        let plan = self.syncer.last_plan()?;
+    /// The Service port (`namespace/name:port`) behind each virtual server of the last plan:
+    /// from the plan state's per-Service parts (O(virtual servers)); only when two Services
+    /// clash, and no part is kept, from a model of every Service.
+    fn owners(&self, snapshot: &Snapshot, nodes: &[Node]) -> Option<BTreeMap<ServiceKey, String>> {
+        let state = self.syncer.last_plan_state()?;
+        if let Some(owners) = state.owners() {
+            return Some(owners);
+        }
+        let services: Vec<_> = snapshot.services.values().collect();
         let options = self.syncer.options().plan.model_options();
-        let (model, _) = Model::build_refs(objects.services, &[], objects.nodes, &options);
-        Some(status::owners(&model, &super::desired_table(plan)))
+        let (model, _) = Model::build_refs(&services, &[], nodes, &options);
+        Some(status::owners(&model, &super::desired_table(state.plan())))
     }
 
     /// The annotations `ipvs-proxier status` prints; best effort.

@@ -289,6 +289,11 @@ impl Syncer {
         self.plan.as_ref().map(PlanState::plan)
     }
 
+    /// The kept plan state of the last sync (its plan and each Service's part).
+    pub fn last_plan_state(&self) -> Option<&PlanState> {
+        self.plan.as_ref()
+    }
+
     /// One full sync of `objects` into the kernel.
     pub async fn sync(&mut self, objects: &Manifests) -> Result<SyncReport, SyncError> {
         let (services, slices) = borrow_all(objects);
