@@ -883,6 +883,36 @@ fn daemon_peak_rss_at_ten_thousand_services() {
         }
         let mut daemon = Daemon::start(&args, dir.join("daemon.log"), Privilege::Root);
         let started = Instant::now();
+        // Where the peak is: the daemon's RSS parts every 100 ms, beside its log's timestamps.
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let status = format!("/proc/{}/status", daemon.pid());
+            let sampling = sampling.clone();
+            std::thread::spawn(move || {
+                let mut out = String::from("ms VmRSS RssAnon RssFile (KiB)\n");
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(text) = std::fs::read_to_string(&status) else {
+                        break;
+                    };
+                    let kib = |key: &str| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(key))
+                            .and_then(|v| v.split_whitespace().next())
+                            .unwrap_or("?")
+                            .to_owned()
+                    };
+                    out.push_str(&format!(
+                        "{} {} {} {}\n",
+                        started.elapsed().as_millis(),
+                        kib("VmRSS:"),
+                        kib("RssAnon:"),
+                        kib("RssFile:")
+                    ));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                out
+            })
+        };
         // + the foreign virtual server and real server.
         let want = (N as usize + 1, (N * EPS) as usize + 1);
         loop {
@@ -935,6 +965,12 @@ fn daemon_peak_rss_at_ten_thousand_services() {
         );
         eprint!("{line}");
         write_artifact("daemon-peak-rss.txt", line.as_bytes()).unwrap();
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", daemon.pid())).unwrap();
+        write_artifact("daemon-smaps.txt", smaps.as_bytes()).unwrap();
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler.join().unwrap();
+        write_artifact("daemon-rss-samples.txt", samples.as_bytes()).unwrap();
+        write_artifact("daemon.log", log.as_bytes()).unwrap();
         stop_cleanly(&mut daemon);
     });
 }
