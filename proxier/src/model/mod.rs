@@ -22,7 +22,6 @@ pub mod objects;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use netlink::Protocol;
@@ -30,7 +29,7 @@ use netlink::Protocol;
 pub use build::ModelOptions;
 pub use diagnostics::{Diagnostic, ObjectName, Severity};
 pub use manifests::{Manifests, parse_manifests};
-pub use objects::{Interner, ServiceObject, SliceObject};
+pub use objects::{Interner, ServiceObject, SharedName, SliceObject};
 
 /// Label that hands a Service (and its EndpointSlices) to a non-default proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -143,8 +142,8 @@ pub struct Endpoint {
     /// `conditions.terminating`, nil = false.
     pub terminating: bool,
     /// Shared with the stored object (see [`objects::Interner`]).
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
+    pub node_name: Option<SharedName>,
+    pub zone: Option<SharedName>,
     /// `hints.forZones[].name`; empty = no zone hint.
     pub zone_hints: BTreeSet<String>,
     /// `hints.forNodes[].name`; empty = no node hint.
