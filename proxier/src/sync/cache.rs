@@ -55,10 +55,15 @@ impl KernelCache {
         let Changes {
             vips,
             ipsets,
+            created,
             ipvs,
             stale_services,
             ..
         } = changes;
+        // Created whole from the plan: their real-server maps are the plan's already.
+        for vs in created {
+            self.observed.ipvs.services.insert(vs.service.key, vs);
+        }
         // The IPVS operations first: the set members below then reuse their memory.
         self.take_ipvs(ipvs, plan);
         self.take_ipvs(stale_services, plan);
@@ -293,6 +298,8 @@ pub fn decide_delta(
         ipsets.push((f.family, changes));
     }
     Some(Changes {
+        // The delta's operations are few: none is left to the apply to build.
+        created: Vec::new(),
         create_dummy: observed.dummy_index.is_none(),
         vips,
         ipsets,
@@ -434,7 +441,9 @@ mod tests {
         cache.apply_ipvs(&[Operation::AddService(Box::new(foreign()))]);
         let changes = decide(&plan, &cache.observed, &options.ownership());
         assert!(changes.create_dummy);
-        assert!(!changes.ipvs.is_empty());
+        // An empty kernel: every virtual server is created whole.
+        assert_eq!(changes.created.len(), plan.families[0].ipvs.services.len());
+        assert!(changes.ipvs.is_empty());
         cache.applied(changes.clone(), Some(7), rules(&plan), &plan);
         assert_eq!(cache.observed.dummy_index, Some(7));
         assert_converged(&plan, &cache, &options);

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use netlink::AddressFamily;
-use netlink::ipvs::{Operation, Table};
+use netlink::ipvs::{Operation, Table, VirtualServer};
 
 use crate::dataplane::kernel::{Kernel, KernelError, KernelOptions, Observed};
 use crate::diff::{self, Ownership, SetChange, VipChanges};
@@ -55,6 +55,11 @@ use graceful::Drains;
 pub use crate::dataplane::kernel::{Failure, Outcome, WriteCounts};
 pub use conntrack::ConntrackRun;
 use conntrack::FlowInput;
+
+/// Virtual servers the kernel lacks written per IPVS apply: bounds the operations a cold
+/// sync holds at once (~5,600 at 10 endpoints each, ~0.4 MB) while each apply still fills
+/// about one of the handle's sends (up to 1 MiB of messages).
+const CREATED_PER_APPLY: usize = 512;
 
 /// What the sync engine is told besides the planner's configuration.
 #[derive(Debug, Clone)]
@@ -140,7 +145,12 @@ pub struct Changes {
     pub ipsets: Vec<(AddressFamily, Vec<SetChange>)>,
     /// Per family: the `iptables-restore` input (applied only if the kernel differs).
     pub iptables: Vec<(AddressFamily, String)>,
-    /// Virtual server adds and updates and real-server changes, in a valid order.
+    /// Virtual servers the kernel lacks, written whole (service, then real servers) a
+    /// slice at a time by the apply, so a cold sync never holds all its operations at once;
+    /// each shares the plan's real-server map.
+    pub created: Vec<VirtualServer>,
+    /// Updates of virtual servers the kernel has and their real-server changes, in a valid
+    /// order.
     pub ipvs: Vec<Operation>,
     /// Stale virtual servers (owned, not desired), deleted last.
     pub stale_services: Vec<Operation>,
@@ -200,9 +210,7 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
         .flat_map(|f| f.bind_addresses.iter().copied())
         .collect();
     let desired_ipvs = desired_tables(plan);
-    // Split in place: a cold sync decides >100,000 operations, and a second buffer of them
-    // would be the sync's memory peak.
-    let mut ipvs = diff::ipvs_operations_of(&desired_ipvs, &observed.ipvs, ownership);
+    let (created, mut ipvs) = diff::ipvs_changes_of(&desired_ipvs, &observed.ipvs, ownership);
     let stale_services: Vec<Operation> = ipvs
         .extract_if(.., |op| matches!(op, Operation::DeleteService(_)))
         .collect();
@@ -219,8 +227,21 @@ pub fn decide(plan: &Plan, observed: &Observed, ownership: &Ownership) -> Change
             .iter()
             .map(|f| (f.family, f.rules.to_restore_input()))
             .collect(),
+        created,
         ipvs,
         stale_services,
+    }
+}
+
+impl Changes {
+    /// The IPVS writes these changes make (the created virtual servers' included).
+    pub fn ipvs_operation_count(&self) -> usize {
+        let created: usize = self
+            .created
+            .iter()
+            .map(|vs| 1 + vs.destinations.len())
+            .sum();
+        created + self.ipvs.len() + self.stale_services.len()
     }
 }
 
@@ -494,7 +515,8 @@ impl Syncer {
                     c.ipvs
                         .iter()
                         .chain(&c.stale_services)
-                        .map(cache::operation_service),
+                        .map(cache::operation_service)
+                        .chain(c.created.iter().map(|vs| vs.service.key)),
                 );
             }
         }
@@ -679,6 +701,15 @@ impl Syncer {
             }
         }
         self.kernel.apply_ipvs(&changes.ipvs, out).await;
+        // A few hundred virtual servers' operations at a time (~11 each at 10 endpoints).
+        let mut ops = Vec::new();
+        for chunk in changes.created.chunks(CREATED_PER_APPLY) {
+            ops.clear();
+            for vs in chunk {
+                diff::creation_operations(vs, &mut ops);
+            }
+            self.kernel.apply_ipvs(&ops, out).await;
+        }
 
         // Removals only for families whose rules are in place, as upstream.
         let removable = |addr: &IpAddr| rules_ok.contains(&AddressFamily::of(addr));

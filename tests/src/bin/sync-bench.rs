@@ -424,10 +424,10 @@ fn mem(n: u32) -> Res<()> {
     let mut state = PlanState::build(&services, &endpoint_slices, &[], &opts.plan, &facts);
     stage("plan, kept per Service (PlanState)")?;
     let plan = state.plan();
-    // A cold sync decides every operation at once (against an empty kernel); the kernel view
-    // it keeps is built from those operations, which it releases as it goes.
+    // A cold sync decides every virtual server whole (against an empty kernel); the kernel view
+    // it keeps takes those virtual servers, sharing the plan's real-server maps.
     let cold = decide(plan, &Observed::default(), &opts.ownership());
-    let cold_ops = cold.ipvs.len() + cold.stale_services.len();
+    let cold_ops = cold.ipvs_operation_count();
     stage(&format!("cold decision ({cold_ops} operations)"))?;
     let mut cache = KernelCache::default();
     cache.applied(cold, Some(2), Vec::new(), state.plan());
@@ -435,7 +435,7 @@ fn mem(n: u32) -> Res<()> {
     let _ = set_names(&opts.plan);
     stage("kernel view the cold sync leaves (= what observe reads back)")?;
     let changes = decide(plan, &observed, &opts.ownership());
-    if !changes.ipvs.is_empty() || !changes.stale_services.is_empty() {
+    if changes.ipvs_operation_count() > 0 {
         return Err("the view differs from the plan".into());
     }
     stage("decision (iptables-restore input)")?;
