@@ -567,6 +567,10 @@ impl IpvsHandle {
             }
             next = chunk.end;
         }
+        // The batch buffer grows to the largest batch this call sent (up to `max_bytes`,
+        // ~200 KiB with the default send buffer): kept, one burst of changes would pin that
+        // much for the life of the daemon; the next call grows a new one as it encodes.
+        self.tx = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             if !results.is_answered(i) {
                 results.set(
