@@ -256,7 +256,8 @@ proptest! {
         let mut state = PlanState::build(&services, &slices, &c.nodes, &c.config, &c.facts);
         prop_assert_eq!(state.plan(), &full(&services, &slices));
         let owners = state.updatable().then(|| owners_by_search(&services, state.plan(), c));
-        prop_assert_eq!(state.owners(), owners);
+        prop_assert_eq!(state.owners(), owners.clone());
+        let mut last_owners = (state.owners_generation(), owners.unwrap_or_default());
         let mut updated = 0;
         for step in 0..steps {
             let old = state.plan().clone();
@@ -271,12 +272,21 @@ proptest! {
                     if let Err(e) = delta_covers(&old, &want, &delta) {
                         prop_assert!(false, "step {}: {}", step, e);
                     }
-                    prop_assert_eq!(state.owners(), Some(owners_by_search(&services, &want, c)), "step {}", step);
+                    let owners = owners_by_search(&services, &want, c);
+                    // An unchanged generation promises unchanged owners.
+                    if state.owners_generation() == last_owners.0 {
+                        prop_assert_eq!(&owners, &last_owners.1, "step {}: same generation", step);
+                    }
+                    prop_assert_eq!(state.owners(), Some(owners.clone()), "step {}", step);
+                    last_owners = (state.owners_generation(), owners);
                 }
                 None => {
                     // A clash: rebuilt from all objects, as the sync engine does.
+                    let generation = state.owners_generation();
                     state = PlanState::build(&services, &slices, &c.nodes, &c.config, &c.facts);
                     prop_assert_eq!(state.plan(), &want, "step {} rebuilt", step);
+                    prop_assert_ne!(state.owners_generation(), generation);
+                    last_owners = (state.owners_generation(), state.owners().unwrap_or_default());
                 }
             }
         }
@@ -307,6 +317,7 @@ fn synthetic_cluster_updates_without_rebuilding() {
     let (services, mut slices) = synthetic::cluster(300, 10, mix);
     let mut state = PlanState::build(&services, &slices, &c.nodes, &c.config, &c.facts);
     assert!(state.updatable());
+    let generation = state.owners_generation();
     for k in [0, 7, 150, 299] {
         slices[k].endpoints.pop();
         let touched = BTreeSet::from([name(slice_unit(&slices[k]))]);
@@ -320,6 +331,8 @@ fn synthetic_cluster_updates_without_rebuilding() {
             "{k}: {vs} virtual servers in the delta"
         );
     }
+    // Endpoint changes only: the owners are the same, and say so.
+    assert_eq!(state.owners_generation(), generation);
     let owners = state.owners().expect("no clash");
     assert_eq!(owners.len(), state.virtual_servers());
     assert_eq!(owners, owners_by_search(&services, state.plan(), c));

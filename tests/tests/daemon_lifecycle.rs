@@ -48,6 +48,20 @@ spec:
   - {name: http, protocol: TCP, port: 80, targetPort: 8080}
 ";
 
+/// A second Service, without endpoints.
+const API_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.11
+  clusterIPs: [10.96.0.11]
+  ipFamilies: [IPv4]
+  ports:
+  - {name: grpc, protocol: TCP, port: 81, targetPort: 9090}
+";
+
 fn slice(ips: &[&str]) -> String {
     let mut s = String::from(
         "\
@@ -238,6 +252,23 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         assert!(
             out.contains("-A -t 10.97.0.1:80 -s rr  # not ours\n"),
             "status:\n{out}"
+        );
+        // A new Service (a change synced incrementally): the status file names it too. An
+        // endpoint change leaves the file as it is; a new virtual server must rewrite it.
+        std::fs::write(manifests.join("api.yaml"), API_SERVICE).unwrap();
+        let mut want = want;
+        want.push("-A -t 10.96.0.11:81 -s rr".to_owned());
+        want.sort();
+        wait_for_table(&want, SLACK, &mut daemon, "Service added");
+        let out = run(
+            proxier_binary().to_str().unwrap(),
+            &["status", "--state-file", state_arg.as_str()],
+        )
+        .unwrap()
+        .stdout;
+        assert!(
+            out.contains("-A -t 10.96.0.11:81 -s rr  # default/api:grpc\n"),
+            "status after a Service was added:\n{out}"
         );
 
         // 5. SIGTERM: a clean exit that leaves the dataplane in place.

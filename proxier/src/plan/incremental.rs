@@ -158,7 +158,17 @@ pub struct PlanState {
     clashed: bool,
     /// Real servers of the plan, counted as they come and go (reports need the total).
     real_servers: usize,
+    /// Names the owners ([`PlanState::owners`]) as they are: a fresh value whenever they may
+    /// have changed, unique across states of the process.
+    owners_generation: u64,
     plan: Plan,
+}
+
+/// Source of [`PlanState::owners_generation`] values.
+static OWNERS_GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_owners_generation() -> u64 {
+    OWNERS_GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn slice_hash(slice: &SliceObject) -> u64 {
@@ -205,6 +215,7 @@ impl PlanState {
             slices: HashSet::new(),
             clashed: false,
             real_servers: 0,
+            owners_generation: next_owners_generation(),
             plan: Plan {
                 families: base
                     .into_iter()
@@ -321,15 +332,40 @@ impl PlanState {
         let mut delta = PlanDelta {
             families: self.shared.iter().map(|_| FamilyDelta::default()).collect(),
         };
+        let mut owners_changed = false;
         for (key, objects) in changed {
+            let before = self.unit_owners(key);
             self.remove(key, &mut delta);
             if self.add(key.clone(), objects, &mut delta, true).is_err() {
                 self.clashed = true;
                 return Err(NeedFull::Clash);
             }
+            owners_changed |= self.unit_owners(key) != before;
+        }
+        if owners_changed {
+            self.owners_generation = next_owners_generation();
         }
         self.finish();
         Ok(delta)
+    }
+
+    /// The virtual servers of one unit with their port names.
+    fn unit_owners(&self, key: &ServiceName) -> Vec<(ServiceKey, String)> {
+        self.units
+            .get(key)
+            .into_iter()
+            .flat_map(|u| {
+                u.families
+                    .iter()
+                    .flat_map(|f| f.virtual_servers.iter().cloned())
+            })
+            .collect()
+    }
+
+    /// Equal values mean equal [`PlanState::owners`] (an endpoint change keeps it; a Service,
+    /// port or address change makes a new one), so a caller can skip recomputing them.
+    pub fn owners_generation(&self) -> u64 {
+        self.owners_generation
     }
 
     /// Takes a unit's parts out of the plan.
