@@ -122,6 +122,16 @@ fn wait_for_table(want: &[String], within: Duration, daemon: &mut Daemon, what: 
     }
 }
 
+/// `ipvs-proxier status` with the daemon's state file.
+fn status(state_file: &str) -> String {
+    run(
+        proxier_binary().to_str().unwrap(),
+        &["status", "--state-file", state_file],
+    )
+    .unwrap()
+    .stdout
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus text page (0 if absent).
 fn sample(page: &str, name: &str) -> f64 {
     page.lines()
@@ -239,12 +249,7 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         }
 
         // `status`: the kernel's table with each virtual server's Service port.
-        let out = run(
-            proxier_binary().to_str().unwrap(),
-            &["status", "--state-file", state_arg.as_str()],
-        )
-        .unwrap()
-        .stdout;
+        let out = status(&state_arg);
         assert!(
             out.contains("-A -t 10.96.0.10:80 -s rr  # default/web:http\n"),
             "status:\n{out}"
@@ -260,12 +265,7 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         want.push("-A -t 10.96.0.11:81 -s rr".to_owned());
         want.sort();
         wait_for_table(&want, SLACK, &mut daemon, "Service added");
-        let out = run(
-            proxier_binary().to_str().unwrap(),
-            &["status", "--state-file", state_arg.as_str()],
-        )
-        .unwrap()
-        .stdout;
+        let out = status(&state_arg);
         assert!(
             out.contains("-A -t 10.96.0.11:81 -s rr  # default/api:grpc\n"),
             "status after a Service was added:\n{out}"
