@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 
 use ipvs_proxier::model::{Model, ServiceName, parse_manifests};
 use ipvs_proxier::model::{ServiceObject as Service, SliceObject as EndpointSlice};
-use ipvs_proxier::plan::incremental::{
-    PlanDelta, PlanState, UnitObjects, for_each_unit, group, service_unit, slice_unit,
-};
+use ipvs_proxier::plan::incremental::{PlanDelta, PlanState, group, service_unit, slice_unit};
 use ipvs_proxier::plan::{ConfigFile, NodeFacts, Plan, PlanConfig, plan_objects};
 use ipvs_proxier::sync::status;
 use k8s_openapi::api::core::v1::Node;
@@ -305,31 +303,6 @@ fn owners_by_search(services: &[Service], plan: &Plan, c: &Case) -> BTreeMap<Ser
         .iter()
         .flat_map(|f| status::owners(&model, &f.ipvs))
         .collect()
-}
-
-/// `for_each_unit` visits exactly `group`'s units, with the same objects in the same order.
-#[test]
-fn each_unit_is_the_grouped_unit() {
-    let cases = cases();
-    let services: Vec<Service> = cases.iter().flat_map(|c| c.services.clone()).collect();
-    let slices: Vec<EndpointSlice> = cases.iter().flat_map(|c| c.slices.clone()).collect();
-    let refs = |u: &UnitObjects<'_>| -> (Vec<*const Service>, Vec<*const EndpointSlice>) {
-        (
-            u.services.iter().map(|s| *s as *const Service).collect(),
-            u.slices
-                .iter()
-                .map(|s| *s as *const EndpointSlice)
-                .collect(),
-        )
-    };
-    let want: Vec<_> = group(&services, &slices, |_| true)
-        .iter()
-        .map(|(k, u)| (*k, refs(u)))
-        .collect();
-    let mut got = Vec::new();
-    for_each_unit(&services, &slices, |k, u| got.push((k, refs(&u))));
-    assert!(want.len() > 20, "{} units", want.len());
-    assert_eq!(got, want);
 }
 
 /// The clash-free synthetic cluster of the benches updates unit by unit (never rebuilds).

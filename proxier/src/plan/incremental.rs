@@ -82,46 +82,6 @@ pub fn group<'a, S: Borrow<ServiceObject>, E: Borrow<SliceObject>>(
     units
 }
 
-/// Calls `each` with every unit's objects, in unit order (as [`group`], without holding a
-/// map of every unit: a whole build at 10,000 Services would keep ~2.5 MB of small per-unit
-/// lists alive all along; here one sorted list of references, ~1 MB).
-pub fn for_each_unit<'a, S: Borrow<ServiceObject>, E: Borrow<SliceObject>>(
-    services: &'a [S],
-    slices: &'a [E],
-    mut each: impl FnMut((&'a str, &'a str), UnitObjects<'a>),
-) {
-    enum Object<'a> {
-        Service(&'a ServiceObject),
-        Slice(&'a SliceObject),
-    }
-    let mut all: Vec<((&str, &str), Object<'a>)> =
-        Vec::with_capacity(services.len() + slices.len());
-    all.extend(services.iter().map(|s| {
-        let s: &'a ServiceObject = s.borrow();
-        (service_unit(s), Object::Service(s))
-    }));
-    all.extend(slices.iter().map(|s| {
-        let s: &'a SliceObject = s.borrow();
-        (slice_unit(s), Object::Slice(s))
-    }));
-    // Stable: within a unit, its Services then its slices, each in the order given.
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut rest = all.as_slice();
-    while let Some(((key, _), _)) = rest.split_first() {
-        let len = rest.iter().take_while(|(k, _)| k == key).count();
-        let (run, tail) = rest.split_at(len);
-        let mut unit = UnitObjects::default();
-        for (_, object) in run {
-            match object {
-                Object::Service(s) => unit.services.push(*s),
-                Object::Slice(s) => unit.slices.push(*s),
-            }
-        }
-        each(*key, unit);
-        rest = tail;
-    }
-}
-
 /// What may differ from the previous plan after an update, per family (in the plan's family
 /// order). Everything else is unchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -275,15 +235,15 @@ impl PlanState {
             *state.diagnostics.entry(d).or_default() += 1;
         }
         let mut scratch = PlanDelta::default();
-        for_each_unit(services, slices, |key, objects| {
-            if !state.clashed
-                && state
-                    .add(unit_name(key), &objects, &mut scratch, false)
-                    .is_err()
+        for (key, objects) in group(services, slices, |_| true) {
+            if state
+                .add(unit_name(key), &objects, &mut scratch, false)
+                .is_err()
             {
                 state.clashed = true;
+                break;
             }
-        });
+        }
         if state.clashed {
             state.units.clear();
             let services: Vec<&ServiceObject> = services.iter().map(Borrow::borrow).collect();
