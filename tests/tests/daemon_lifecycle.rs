@@ -35,32 +35,23 @@ kind: Node
 metadata: {name: node-1}
 ";
 
-const SERVICE: &str = "\
+/// A ClusterIP Service in `default` with one named TCP port.
+fn service(name: &str, ip: &str, port_name: &str, port: u16, target: u16) -> String {
+    format!(
+        "\
 apiVersion: v1
 kind: Service
-metadata: {name: web, namespace: default}
+metadata: {{name: {name}, namespace: default}}
 spec:
   type: ClusterIP
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
+  clusterIP: {ip}
+  clusterIPs: [{ip}]
   ipFamilies: [IPv4]
   ports:
-  - {name: http, protocol: TCP, port: 80, targetPort: 8080}
-";
-
-/// A second Service, without endpoints.
-const API_SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.11
-  clusterIPs: [10.96.0.11]
-  ipFamilies: [IPv4]
-  ports:
-  - {name: grpc, protocol: TCP, port: 81, targetPort: 9090}
-";
+  - {{name: {port_name}, protocol: TCP, port: {port}, targetPort: {target}}}
+"
+    )
+}
 
 fn slice(ips: &[&str]) -> String {
     let mut s = String::from(
@@ -148,7 +139,11 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::write(manifests.join("node.yaml"), NODE).unwrap();
-        std::fs::write(manifests.join("web.yaml"), SERVICE).unwrap();
+        std::fs::write(
+            manifests.join("web.yaml"),
+            service("web", "10.96.0.10", "http", 80, 8080),
+        )
+        .unwrap();
         std::fs::write(
             manifests.join("web-slice.yaml"),
             slice(&["10.244.1.2", "10.244.1.3"]),
@@ -260,7 +255,12 @@ fn daemon_runs_resyncs_stops_and_cleans_up() {
         );
         // A new Service (a change synced incrementally): the status file names it too. An
         // endpoint change leaves the file as it is; a new virtual server must rewrite it.
-        std::fs::write(manifests.join("api.yaml"), API_SERVICE).unwrap();
+        // A second Service, without endpoints.
+        std::fs::write(
+            manifests.join("api.yaml"),
+            service("api", "10.96.0.11", "grpc", 81, 9090),
+        )
+        .unwrap();
         let mut want = want;
         want.push("-A -t 10.96.0.11:81 -s rr".to_owned());
         want.sort();

@@ -359,8 +359,8 @@ impl Daemon {
                     && let Some(owners) = self.owners(snapshot, nodes)
                 {
                     if state_stale {
-                        self.state_written =
-                            self.write_state(&owners).then_some(generation).flatten();
+                        let written = self.write_state(&owners);
+                        self.state_written = if written { generation } else { None };
                     }
                     log_refusals(&report.failures, &owners);
                 }
