@@ -4,10 +4,10 @@
 //! endpoints), `plan` (pure: desired IPVS table, VIPs, ipsets, iptables rules) and `diff` (pure)
 //! do no I/O; `dataplane` is the only code that touches the kernel; `sync` owns timing.
 
+pub mod allocator;
 pub mod config;
 pub mod dataplane;
 pub mod diff;
-pub mod memory;
 pub mod model;
 pub mod plan;
 pub mod serve;

@@ -17,6 +17,21 @@ use ipvs_proxier::sync::daemon::{self, RunOptions};
 use ipvs_proxier::sync::status;
 use netlink::ipvs::Scheduler;
 
+/// The daemon allocates with jemalloc: see `ipvs_proxier::allocator`.
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// SAFETY: jemalloc (built by tikv-jemalloc-sys with the `_rjem_` symbol prefix) declares
+// `const char *_rjem_malloc_conf` weak and reads it once, at its initialisation, as a
+// NUL-terminated C string; this strong definition replaces its default. A `&[u8; N]` is one
+// thin pointer, the layout of `const char *`; it points to immutable 'static bytes that end
+// in NUL (`JEMALLOC_CONF`), so the read is valid whenever it happens, and nothing writes it.
+#[cfg(not(feature = "system-allocator"))]
+#[allow(unsafe_code, non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 89] = ipvs_proxier::allocator::JEMALLOC_CONF;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ipvs-proxier",
@@ -125,8 +140,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread: see `memory::single_arena`.
-    ipvs_proxier::memory::single_arena();
     let cli = Invocation::parse();
     match cli.command {
         Some(command) => {
@@ -277,5 +290,50 @@ fn print_status(state_file: &std::path::Path) -> ExitCode {
             tracing::error!(error = %e, "cannot read the IPVS table");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "system-allocator")))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    /// The settings in `malloc_conf` are the ones jemalloc runs with (a misspelt one would
+    /// only print a warning and be ignored).
+    #[test]
+    fn jemalloc_runs_with_our_settings() {
+        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 1);
+        assert!(!tikv_jemalloc_ctl::opt::tcache::read().unwrap());
+    }
+
+    /// Freed memory leaves the process at once, without a trim or a wait: 64 MiB of small
+    /// objects, all but the first 1 MiB freed, then the RSS is back near where it started.
+    #[test]
+    fn freed_memory_goes_back_to_the_kernel_at_once() {
+        let anon = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let before = anon();
+        let mut blocks: Vec<Box<[u8; 1024]>> =
+            (0..65_536).map(|i| Box::new([i as u8; 1024])).collect();
+        let peak = anon();
+        assert!(
+            peak >= before + 60 * 1024,
+            "not resident: {before} -> {peak} KiB"
+        );
+        // Keep whole slabs' worth together at the start, free the rest.
+        let kept: Vec<_> = blocks.drain(..1024).collect();
+        drop(blocks);
+        let after = anon();
+        assert!(
+            after < before + 8 * 1024,
+            "freed memory still resident: {before} -> {peak} -> {after} KiB"
+        );
+        assert_eq!(kept.len(), 1024);
     }
 }

@@ -54,7 +54,8 @@ impl Daemon {
         };
         // Profiling hook: `LAB_DAEMON_HEAPTRACK_RAW=FILE` runs the daemon under heaptrack's
         // preload library, which writes its raw trace to FILE (turn it into a profile with
-        // `heaptrack_interpret < FILE | zstd > OUT.zst`, read with `heaptrack_print`).
+        // `heaptrack_interpret < FILE | zstd > OUT.zst`, read with `heaptrack_print`). It sees
+        // only malloc: build with `LAB_CARGO_FLAGS=--features=ipvs-proxier/system-allocator`.
         if let Some(raw) = std::env::var_os("LAB_DAEMON_HEAPTRACK_RAW") {
             cmd.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
                 .env("DUMP_HEAPTRACK_OUTPUT", raw);

@@ -340,9 +340,7 @@ impl Daemon {
             self.syncer.sync_all(nodes, 0, &all).await
         };
         let took = started.elapsed();
-        // A requested sync may still have been full (periodic resync due, no cache yet).
-        let was_full = result.as_ref().map_or(true, |r| !r.incremental);
-        let outcome = match result {
+        match result {
             Ok(report) => {
                 self.record(&report, took, &update.changes.trigger_times)
                     .await;
@@ -378,11 +376,7 @@ impl Daemon {
                 }
                 Outcome::Failed
             }
-        };
-        if was_full {
-            release_free_heap();
         }
-        outcome
     }
 
     /// The Service port (`namespace/name:port`) behind each virtual server of the last plan:
@@ -538,18 +532,6 @@ fn failure_kind(f: &Failure) -> &'static str {
         Some(Operation::DeleteDestination(..)) => IPVS_REAL_SERVER_DELETE,
         None => "any",
     }
-}
-
-/// Gives the heap a full sync freed back to the OS. Full syncs allocate the most (the whole
-/// plan, the kernel view, the decision) and are rare (resync period, retries, Node changes),
-/// so the cost is small next to theirs: at 10,000 Services x 10 endpoints one trim takes
-/// ~4 ms and the next burst ~12 ms more in page faults, against a 4.3 s no-op resync
-/// (`sync-bench mem 10000`). After an incremental sync (~1.4 ms) it would cost more than the
-/// sync. Without it RSS stays at the highest level any burst reached.
-fn release_free_heap() {
-    let started = Instant::now();
-    let released = crate::memory::release_free_heap();
-    tracing::debug!(released, took = ?started.elapsed(), "free heap returned to the OS");
 }
 
 /// Each IPVS write the kernel refused, logged with the Service port it was for: the kernel

@@ -19,6 +19,10 @@
 //!
 //! `sync-bench report CSV SVG` prints the rows as a Markdown table and writes a log-log
 //! SVG plot of cold sync, endpoint-change latency and ipvsadm-restore against N.
+//!
+//! It allocates as the daemon does (jemalloc with `ipvs_proxier::allocator`'s settings), so
+//! its times and peak are the engine's as the daemon runs it (`--features
+//! lab-tests/system-allocator`: glibc's malloc, for heap profilers).
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -35,6 +39,18 @@ use ipvs_proxier::sync::cmd::{CommonArgs, sync_options};
 use ipvs_proxier::sync::{SyncOptions, SyncReport, Syncer};
 use ipvs_proxier::synthetic::{self, Mix};
 use netlink::ipvs::Scheduler;
+
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// SAFETY: as for the daemon's (proxier/src/main.rs): jemalloc reads this weak-overridden
+// `const char *` once, at its initialisation; a `&[u8; N]` is one thin pointer to immutable
+// 'static bytes that end in NUL, and nothing writes it.
+#[cfg(not(feature = "system-allocator"))]
+#[allow(unsafe_code, non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 89] = ipvs_proxier::allocator::JEMALLOC_CONF;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -390,7 +406,7 @@ fn vm_rss_kib() -> Res<u64> {
 }
 
 /// `sync-bench mem N`: the sync engine's data without a kernel (runs on the host, e.g. under
-/// `valgrind --tool=massif` or `heaptrack`): the API objects, the plan kept per Service, the
+/// `valgrind --tool=massif` or `heaptrack` when built with the `system-allocator` feature): the API objects, the plan kept per Service, the
 /// kernel view a full sync reads back after the cold sync (the plan's table, counters, VIPs
 /// and set members), the decision against it and one incremental replan. Prints the RSS
 /// after each stage.
@@ -475,19 +491,7 @@ fn mem(n: u32) -> Res<()> {
     println!("  peak (VmHWM): {:.1} MiB", vm_hwm_kib()? as f64 / 1024.0);
     drop((counters, table, old_plan));
     stage("all of the above freed")?;
-    // What the daemon's malloc_trim after a full sync costs, and what it costs the next
-    // burst: a whole plan built and dropped on a warm heap, then on a trimmed one (its pages
-    // are faulted in again).
-    let started = Instant::now();
-    let released = ipvs_proxier::memory::release_free_heap();
-    let trim = started.elapsed();
-    stage(&format!("malloc_trim {trim:.2?} (released: {released})"))?;
-    let started = Instant::now();
-    ipvs_proxier::memory::release_free_heap();
-    println!(
-        "  malloc_trim again, nothing new: {:.2?}",
-        started.elapsed()
-    );
+    // What a whole plan costs to build on a fresh heap and on one that has held a plan.
     let burst = || {
         let started = Instant::now();
         drop(ipvs_proxier::plan::plan_objects(
@@ -501,14 +505,7 @@ fn mem(n: u32) -> Res<()> {
     };
     let cold = burst();
     let warm = burst();
-    let started = Instant::now();
-    ipvs_proxier::memory::release_free_heap();
-    let trim = started.elapsed();
-    let trimmed = burst();
-    println!(
-        "  a whole plan built and dropped: {cold:.2?} (first), {warm:.2?} (warm heap); \
-         malloc_trim {trim:.2?}; then {trimmed:.2?} (trimmed heap)"
-    );
+    println!("  a whole plan built and dropped: {cold:.2?} (first), {warm:.2?} (warm heap)");
     stage("after the bursts")?;
     Ok(())
 }
