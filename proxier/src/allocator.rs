@@ -17,10 +17,11 @@
 /// - `narenas:1`: one arena, so what one runtime thread frees another reuses (with glibc's
 ///   per-thread arenas the daemon held ~21 MiB more at 10,000 Services); the threads are
 ///   I/O-bound.
-/// - `tcache:false`: no per-thread caches holding on to freed objects. With them the soak
-///   kept +10.0..10.6 % and started 0.9 MiB higher; without them planning is ~2x slower (an
-///   endpoint change 1.4 ms instead of 1.0 at 10,000 Services; BENCHMARKS.md), which
-///   `_RJEM_MALLOC_CONF=tcache:true` buys back.
+/// - `tcache:false`: no standing per-thread caches holding on to freed objects. With them
+///   the soak kept +10.0..10.6 % and started 0.9 MiB higher. Without them small allocations
+///   are slower: a whole plan gets a cache for its duration ([`with_thread_cache`]), an
+///   endpoint change does not (~1.6 ms instead of 1.0 at 10,000 Services; BENCHMARKS.md);
+///   `_RJEM_MALLOC_CONF=tcache:true` trades the memory for that speed.
 /// - `dirty_decay_ms:0`, `muzzy_decay_ms:0`: pages go back to the kernel as soon as they
 ///   are free, not seconds later, so a sync's temporaries are not still resident when the
 ///   next sync allocates (the daemon needs no trim after a sync).
@@ -29,3 +30,51 @@
 ///   (RssAnon 10.7 MiB instead of 5.6 at rest in the soak).
 pub const JEMALLOC_CONF: &[u8; 89] =
     b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0,thp:never,metadata_thp:disabled\0";
+
+/// Whether [`with_thread_cache`] turns jemalloc's thread cache on: set by the binaries whose
+/// allocator is jemalloc ([`use_thread_cache_while_computing`]), so the library's other users
+/// (tests, fuzzers, glibc builds) never start a jemalloc of their own.
+static THREAD_CACHE_WHILE_COMPUTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`with_thread_cache`] effective. For a process whose global allocator is jemalloc
+/// with [`JEMALLOC_CONF`].
+pub fn use_thread_cache_while_computing() {
+    THREAD_CACHE_WHILE_COMPUTING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f`, a large burst of allocations on this thread (planning or deciding every
+/// Service), with a jemalloc thread cache, and empties the cache back into the arena
+/// afterwards. Without a cache every allocation takes the arena's lock and slab bookkeeping:
+/// a whole plan took ~2x as long as with glibc's malloc. A cache kept between bursts held
+/// freed objects across slabs that then could not be returned (the churn soak's +10 %);
+/// emptied after each burst it holds nothing at rest. Not for small work: creating and
+/// emptying the cache made one incremental replan slower (0.7 -> 1.0 ms in the lab). `f`
+/// is synchronous, so the cache is this thread's for exactly its duration.
+pub fn with_thread_cache<R>(f: impl FnOnce() -> R) -> R {
+    if !THREAD_CACHE_WHILE_COMPUTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    imp::set_thread_cache(true);
+    let result = f();
+    imp::set_thread_cache(false);
+    result
+}
+
+#[cfg(not(feature = "system-allocator"))]
+mod imp {
+    use tikv_jemalloc_ctl::{Access, AsName};
+
+    /// `thread.tcache.enabled`: on creates this thread's cache, off flushes and frees it.
+    pub(super) fn set_thread_cache(on: bool) {
+        if let Err(error) = b"thread.tcache.enabled\0".name().write(on) {
+            // Only costs speed (on) or memory held until the next burst (off).
+            tracing::warn!(%error, on, "jemalloc thread cache not switched");
+        }
+    }
+}
+
+#[cfg(feature = "system-allocator")]
+mod imp {
+    pub(super) fn set_thread_cache(_on: bool) {}
+}

@@ -140,6 +140,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(not(feature = "system-allocator"))]
+    ipvs_proxier::allocator::use_thread_cache_while_computing();
     let cli = Invocation::parse();
     match cli.command {
         Some(command) => {
@@ -303,6 +305,21 @@ mod tests {
     fn jemalloc_runs_with_our_settings() {
         assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 1);
         assert!(!tikv_jemalloc_ctl::opt::tcache::read().unwrap());
+    }
+
+    /// Planning runs with a thread cache, which is emptied and off again afterwards.
+    #[test]
+    fn thread_cache_only_while_computing() {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        let enabled = || -> bool { b"thread.tcache.enabled\0".name().read().unwrap() };
+        ipvs_proxier::allocator::use_thread_cache_while_computing();
+        assert!(!enabled());
+        let inside = ipvs_proxier::allocator::with_thread_cache(|| {
+            let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+            (enabled(), v.len())
+        });
+        assert_eq!(inside, (true, 1000));
+        assert!(!enabled());
     }
 
     /// Freed memory leaves the process at once, without a trim or a wait: 64 MiB of small

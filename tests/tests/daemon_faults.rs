@@ -645,7 +645,7 @@ fn churn_soak_ten_thousand_writes_leaks_nothing() {
         // After the churn's peak (up to 150 Services, 2.5x the initial objects) the daemon
         // holds the same objects as before, and so nearly the same memory: 100 bytes leaked
         // per write would add ~0.5 MiB a round (> 10 %). Measured with jemalloc as the
-        // daemon's allocator: +2.3..+3.5 % (seeds 42 and 7); glibc's malloc kept +13..+34 %
+        // daemon's allocator: +1.7..+4.0 % (seeds 42 and 7); glibc's malloc kept +13..+34 %
         // here, pages of its heap pinned by a few live chunks each (BENCHMARKS.md).
         for (round, after) in held.iter().enumerate().skip(1) {
             assert!(

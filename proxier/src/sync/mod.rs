@@ -344,13 +344,15 @@ impl Syncer {
 
         let started = Instant::now();
         let facts = node_facts(&observed, self.options.node_ips.as_deref());
-        let state = PlanState::build(
-            objects.services,
-            objects.endpoint_slices,
-            objects.nodes,
-            &self.options.plan,
-            &facts,
-        );
+        let state = crate::allocator::with_thread_cache(|| {
+            PlanState::build(
+                objects.services,
+                objects.endpoint_slices,
+                objects.nodes,
+                &self.options.plan,
+                &facts,
+            )
+        });
         let mut plan_time = started.elapsed();
 
         let started = Instant::now();
@@ -361,7 +363,9 @@ impl Syncer {
         observe += started.elapsed();
 
         let started = Instant::now();
-        let changes = self.decide_with_drains(state.plan(), &observed);
+        let changes = crate::allocator::with_thread_cache(|| {
+            self.decide_with_drains(state.plan(), &observed)
+        });
         plan_time += started.elapsed();
 
         let started = Instant::now();
@@ -496,7 +500,9 @@ impl Syncer {
                 tracing::debug!(reason = %why, "replanning every Service");
                 drop(state);
                 let (services, slices) = all();
-                state = PlanState::build(&services, &slices, nodes, &self.options.plan, &facts);
+                state = crate::allocator::with_thread_cache(|| {
+                    PlanState::build(&services, &slices, nodes, &self.options.plan, &facts)
+                });
                 None
             }
         };
@@ -537,7 +543,9 @@ impl Syncer {
         });
         let mut changes = match decided {
             Some(c) => self.drain_filter(state.plan(), c, &cache.observed),
-            None => self.decide_with_drains(state.plan(), &cache.observed),
+            None => crate::allocator::with_thread_cache(|| {
+                self.decide_with_drains(state.plan(), &cache.observed)
+            }),
         };
         let rules = changes.iptables.clone();
         let in_place = cache.rules_in_place(&rules);

@@ -688,6 +688,8 @@ fn svg(t: &Table, series: &[(&str, &str, &str)]) -> String {
 }
 
 fn main() -> Res<()> {
+    #[cfg(not(feature = "system-allocator"))]
+    ipvs_proxier::allocator::use_thread_cache_while_computing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
