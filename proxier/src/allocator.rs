@@ -1,6 +1,7 @@
 //! The allocator settings of our processes (the daemon, and the sync benchmark that stands in
 //! for it). Each binary declares jemalloc its global allocator and exports these settings as
-//! jemalloc's `malloc_conf`; the library itself allocates with whatever its user chose. The
+//! jemalloc's `malloc_conf` ([`jemalloc_global_allocator`](crate::jemalloc_global_allocator));
+//! the library itself allocates with whatever its user chose. The
 //! feature `system-allocator` gives them glibc's malloc back, for heap profilers that
 //! interpose it (heaptrack, massif): `--features ipvs-proxier/system-allocator`.
 //!
@@ -31,16 +32,51 @@
 pub const JEMALLOC_CONF: &[u8; 89] =
     b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0,thp:never,metadata_thp:disabled\0";
 
+#[doc(hidden)]
+pub use tikv_jemallocator as jemallocator;
+
+/// Declares jemalloc, with [`JEMALLOC_CONF`], the global allocator of the binary whose crate
+/// root invokes it; with the feature `system-allocator`, nothing (glibc's malloc). The binary
+/// also calls [`use_thread_cache_while_computing`] first thing in `main`.
+#[cfg(not(feature = "system-allocator"))]
+#[macro_export]
+macro_rules! jemalloc_global_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::allocator::jemallocator::Jemalloc =
+            $crate::allocator::jemallocator::Jemalloc;
+
+        // SAFETY: jemalloc (built by tikv-jemalloc-sys with the `_rjem_` symbol prefix)
+        // declares `const char *_rjem_malloc_conf` weak and reads it once, at its
+        // initialisation, as a NUL-terminated C string; this strong definition replaces its
+        // default. A `&[u8; N]` is one thin pointer, the layout of `const char *`; it points
+        // to immutable 'static bytes that end in NUL (`JEMALLOC_CONF`), so the read is valid
+        // whenever it happens, and nothing writes it.
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(export_name = "_rjem_malloc_conf")]
+        pub static malloc_conf: &[u8; 89] = $crate::allocator::JEMALLOC_CONF;
+    };
+}
+
+/// With the feature `system-allocator`: the binary allocates with glibc's malloc.
+#[cfg(feature = "system-allocator")]
+#[macro_export]
+macro_rules! jemalloc_global_allocator {
+    () => {};
+}
+
 /// Whether [`with_thread_cache`] turns jemalloc's thread cache on: set by the binaries whose
 /// allocator is jemalloc ([`use_thread_cache_while_computing`]), so the library's other users
 /// (tests, fuzzers, glibc builds) never start a jemalloc of their own.
 static THREAD_CACHE_WHILE_COMPUTING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// Makes [`with_thread_cache`] effective. For a process whose global allocator is jemalloc
-/// with [`JEMALLOC_CONF`].
+/// Makes [`with_thread_cache`] effective, for a process whose global allocator is jemalloc
+/// with [`JEMALLOC_CONF`] ([`jemalloc_global_allocator`]); a no-op with `system-allocator`.
 pub fn use_thread_cache_while_computing() {
-    THREAD_CACHE_WHILE_COMPUTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    if cfg!(not(feature = "system-allocator")) {
+        THREAD_CACHE_WHILE_COMPUTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Runs `f`, a large burst of allocations on this thread (planning or deciding every

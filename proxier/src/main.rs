@@ -17,20 +17,8 @@ use ipvs_proxier::sync::daemon::{self, RunOptions};
 use ipvs_proxier::sync::status;
 use netlink::ipvs::Scheduler;
 
-/// The daemon allocates with jemalloc: see `ipvs_proxier::allocator`.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-// SAFETY: jemalloc (built by tikv-jemalloc-sys with the `_rjem_` symbol prefix) declares
-// `const char *_rjem_malloc_conf` weak and reads it once, at its initialisation, as a
-// NUL-terminated C string; this strong definition replaces its default. A `&[u8; N]` is one
-// thin pointer, the layout of `const char *`; it points to immutable 'static bytes that end
-// in NUL (`JEMALLOC_CONF`), so the read is valid whenever it happens, and nothing writes it.
-#[cfg(not(feature = "system-allocator"))]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 89] = ipvs_proxier::allocator::JEMALLOC_CONF;
+// The daemon allocates with jemalloc: see `ipvs_proxier::allocator`.
+ipvs_proxier::jemalloc_global_allocator!();
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,7 +128,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn main() -> ExitCode {
-    #[cfg(not(feature = "system-allocator"))]
     ipvs_proxier::allocator::use_thread_cache_while_computing();
     let cli = Invocation::parse();
     match cli.command {

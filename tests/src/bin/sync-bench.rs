@@ -40,17 +40,7 @@ use ipvs_proxier::sync::{SyncOptions, SyncReport, Syncer};
 use ipvs_proxier::synthetic::{self, Mix};
 use netlink::ipvs::Scheduler;
 
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-// SAFETY: as for the daemon's (proxier/src/main.rs): jemalloc reads this weak-overridden
-// `const char *` once, at its initialisation; a `&[u8; N]` is one thin pointer to immutable
-// 'static bytes that end in NUL, and nothing writes it.
-#[cfg(not(feature = "system-allocator"))]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 89] = ipvs_proxier::allocator::JEMALLOC_CONF;
+ipvs_proxier::jemalloc_global_allocator!();
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -688,7 +678,6 @@ fn svg(t: &Table, series: &[(&str, &str, &str)]) -> String {
 }
 
 fn main() -> Res<()> {
-    #[cfg(not(feature = "system-allocator"))]
     ipvs_proxier::allocator::use_thread_cache_while_computing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
