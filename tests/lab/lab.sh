@@ -46,6 +46,8 @@ _LAB_PACKAGES=(
     "strace:strace"
     "conntrack:conntrack"
     "python3-minimal:python3"
+    # Not for the guest: jemalloc (the daemon's allocator) is built from source with make.
+    "make:make"
 )
 
 lab_log() { printf 'lab: %s\n' "$*" >&2; }
